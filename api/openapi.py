@@ -1,0 +1,220 @@
+"""The OpenAPI 3 document for /v1, written by hand next to the routes; a test checks that it
+names exactly the routes Flask serves, with the same methods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "401": {"$ref": "#/components/responses/Unauthorized"},
+    "404": {"$ref": "#/components/responses/NotFound"},
+    "422": {"$ref": "#/components/responses/Invalid"},
+}
+_APP = {"name": "app", "in": "path", "required": True, "schema": {"type": "string"}}
+_VERSION = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "example": "v3"},
+}
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_INT_MAP = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+
+
+def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "responses": {**responses, **_ERRORS}, **extra}
+
+
+def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def document(version: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Berth API",
+            "version": version,
+            "description": "Every route but /healthz needs `Authorization: Bearer <token>`."
+            ' Errors are {"error": {"code", "message"}}.',
+        },
+        "security": [{"token": []}],
+        "paths": {
+            "/healthz": {
+                "get": {
+                    "summary": "Readiness: 200 once connected to ZooKeeper, else 503",
+                    "security": [],
+                    "responses": {
+                        "200": _json({"type": "object"}),
+                        "503": _json({"type": "object"}, "Not ready"),
+                    },
+                }
+            },
+            "/v1/info": {"get": _op("Server version and domain", {"200": _json(_ref("Info"))})},
+            "/v1/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"})})},
+            "/v1/apps": {
+                "get": _op("List apps", {"200": _json({"type": "array", "items": _ref("App")})}),
+                "post": _op(
+                    "Create an app (a random name if none is given); creates release v1",
+                    {"201": _json(_ref("App"), "Created"), "409": _resp("Conflict")},
+                    requestBody=_body(
+                        {"type": "object", "properties": {"name": {"type": "string"}}}, False
+                    ),
+                ),
+            },
+            "/v1/apps/{app}": {
+                "parameters": [_APP],
+                "get": _op("App info with its formation", {"200": _json(_ref("App"))}),
+                "delete": _op("Destroy an app and all it holds", {"200": _json({})}),
+            },
+            "/v1/apps/{app}/config": {
+                "parameters": [_APP],
+                "get": _op("Current config vars", {"200": _json(_STRING_MAP)}),
+                "patch": _op(
+                    "Set (string) or unset (null) config vars; creates a release",
+                    {"200": _json({"type": "object"})},
+                    requestBody=_body(
+                        {
+                            "type": "object",
+                            "additionalProperties": {"type": "string", "nullable": True},
+                        }
+                    ),
+                ),
+            },
+            "/v1/apps/{app}/releases": {
+                "parameters": [_APP],
+                "get": _op(
+                    "Newest releases first",
+                    {"200": _json({"type": "array", "items": _ref("Release")})},
+                    parameters=[
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "default": 15},
+                        }
+                    ],
+                ),
+            },
+            "/v1/apps/{app}/releases/{version}": {
+                "parameters": [_APP, _VERSION],
+                "get": _op("One release, with its config", {"200": _json(_ref("Release"))}),
+            },
+            "/v1/apps/{app}/rollback": {
+                "parameters": [_APP],
+                "post": _op(
+                    "New release copying vN's artifact and config (default: the previous one)",
+                    {"201": _json(_ref("Release"), "Created"), "409": _resp("Conflict")},
+                    requestBody=_body(
+                        {"type": "object", "properties": {"version": {"type": "integer"}}}, False
+                    ),
+                ),
+            },
+            "/v1/apps/{app}/formation": {
+                "parameters": [_APP],
+                "get": _op("Process type → quantity", {"200": _json(_INT_MAP)}),
+                "patch": _op(
+                    "Scale process types", {"200": _json(_INT_MAP)}, requestBody=_body(_INT_MAP)
+                ),
+            },
+            "/v1/tokens": {
+                "get": _op(
+                    "List tokens", {"200": _json({"type": "array", "items": _ref("Token")})}
+                ),
+                "post": _op(
+                    "Create a token; the secret is in this response only",
+                    {"201": _json(_ref("Token"), "Created")},
+                    requestBody=_body(
+                        {"type": "object", "properties": {"description": {"type": "string"}}},
+                        False,
+                    ),
+                ),
+            },
+            "/v1/tokens/{token_id}": {
+                "parameters": [
+                    {
+                        "name": "token_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "delete": _op(
+                    "Revoke a token (not the last one)",
+                    {"200": _json({}), "409": _resp("Conflict")},
+                ),
+            },
+        },
+        "components": {
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+            "responses": {
+                name: _json(_ref("Error"), name)
+                for name in ("Unauthorized", "NotFound", "Invalid", "Conflict")
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                        }
+                    },
+                },
+                "Info": {
+                    "type": "object",
+                    "properties": {"version": {"type": "string"}, "domain": {"type": "string"}},
+                },
+                "App": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "pattern": "^[a-z][a-z0-9-]{1,29}$"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "release": {"type": "integer"},
+                        "web_url": {"type": "string"},
+                        "formation": _INT_MAP,
+                    },
+                },
+                "Release": {
+                    "type": "object",
+                    "properties": {
+                        "app": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "description": {"type": "string"},
+                        "created_by": {"type": "string"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "artifact": {"type": "object", "nullable": True},
+                        "process_types": _STRING_MAP,
+                        "config_keys": {"type": "array", "items": {"type": "string"}},
+                        "config": _STRING_MAP,
+                    },
+                },
+                "Token": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "description": {"type": "string"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "created_by": {"type": "string"},
+                        "token": {"type": "string", "description": "only when created"},
+                    },
+                },
+            },
+        },
+    }
+
+
+def _resp(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{name}"}

@@ -1,0 +1,63 @@
+"""Config (which makes releases), releases, rollback, formation."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from berth.api.context import json_body, store, who
+from berth.framework.errors import Invalid
+from berth.framework.model import validate_config_changes
+
+bp = Blueprint("releases", __name__, url_prefix="/v1/apps/<app>")
+
+
+def parse_version(value: object) -> int:
+    """`3`, `"3"` or `"v3"` → 3."""
+    text = str(value).removeprefix("v")
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise Invalid(f"invalid release version {str(value)[:20]!r}: expected v1, v2, …")
+    return int(text)
+
+
+@bp.get("/config")
+def get_config(app: str) -> Response:
+    return jsonify(dict(store().get_release(app).config))
+
+
+@bp.patch("/config")
+def set_config(app: str) -> Response:
+    changes = validate_config_changes(json_body())
+    release = store().set_config(app, changes, who())
+    return jsonify({"config": dict(release.config), "release": release.summary_json()})
+
+
+@bp.get("/releases")
+def list_releases(app: str) -> Response:
+    raw = request.args.get("limit", "15")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise Invalid("limit must be a whole number from 1 to 1000")
+    return jsonify([r.summary_json() for r in store().list_releases(app, int(raw))])
+
+
+@bp.get("/releases/<version>")
+def release_info(app: str, version: str) -> Response:
+    return jsonify(store().get_release(app, parse_version(version)).to_json())
+
+
+@bp.post("/rollback")
+def rollback(app: str) -> tuple[Response, int]:
+    body = json_body(optional=True)
+    version = body.get("version")
+    target = None if version is None else parse_version(version)
+    release = store().rollback(app, target, who())
+    return jsonify(release.summary_json()), 201
+
+
+@bp.get("/formation")
+def get_formation(app: str) -> Response:
+    return jsonify(store().get_formation(app))
+
+
+@bp.patch("/formation")
+def scale(app: str) -> Response:
+    return jsonify(store().scale(app, json_body()))

@@ -1,0 +1,99 @@
+"""releases, releases:info, rollback, ps:scale."""
+
+from __future__ import annotations
+
+import click
+
+from berth.cli.common import (
+    app_option,
+    client,
+    json_option,
+    parse_pairs,
+    parse_version,
+    resolve_app,
+)
+from berth.cli.output import emit_json, header, pairs, table
+
+
+def _artifact(release: dict[str, object]) -> str:
+    artifact = release.get("artifact")
+    return str(artifact["ref"]) if isinstance(artifact, dict) else "none"
+
+
+@click.command("releases")
+@app_option
+@json_option
+@click.option("-n", "--num", default=15, show_default=True, type=click.IntRange(1, 1000),
+              help="How many, newest first")  # fmt: skip
+def releases(app: str | None, as_json: bool, num: int) -> None:
+    """List releases, newest first."""
+    name = resolve_app(app)
+    found = client().get(f"/v1/apps/{name}/releases", limit=num)
+    if as_json:
+        emit_json(found)
+        return
+    header(f"{name} releases")
+    table(["VERSION", "DESCRIPTION", "BY", "CREATED"],
+          [(f"v{r['version']}", r["description"], r["created_by"], r["created_at"])
+           for r in found])  # fmt: skip
+
+
+@click.command("releases:info")
+@click.argument("version", required=False)
+@app_option
+@json_option
+def info(version: str | None, app: str | None, as_json: bool) -> None:
+    """Show a release (default: the newest) with its config."""
+    name = resolve_app(app)
+    number = parse_version(version) if version else client().get(f"/v1/apps/{name}")["release"]
+    release = client().get(f"/v1/apps/{name}/releases/v{number}")
+    if as_json:
+        emit_json(release)
+        return
+    header(f"Release v{release['version']} of {name}")
+    types = ", ".join(sorted(release["process_types"])) or "none"
+    pairs([("Description", release["description"]), ("By", release["created_by"]),
+           ("When", release["created_at"]), ("Artifact", _artifact(release)),
+           ("Process types", types)])  # fmt: skip
+    header("Config vars")
+    pairs(sorted(release["config"].items()))
+
+
+@click.command("rollback")
+@click.argument("version", required=False)
+@app_option
+@json_option
+def rollback(version: str | None, app: str | None, as_json: bool) -> None:
+    """Make a new release from vN's artifact and config (default: the previous release)."""
+    name = resolve_app(app)
+    body = {"version": parse_version(version)} if version else {}
+    release = client().call("POST", f"/v1/apps/{name}/rollback", body)
+    if as_json:
+        emit_json(release)
+    else:
+        click.echo(f"{release['description']} on {name}: v{release['version']}")
+
+
+@click.command("ps:scale")
+@click.argument("changes", nargs=-1, metavar="TYPE=N...")
+@app_option
+@json_option
+def scale(changes: tuple[str, ...], app: str | None, as_json: bool) -> None:
+    """Set how many processes of each type should run (no arguments: show the formation)."""
+    name = resolve_app(app)
+    wanted: dict[str, int] = {}
+    for ptype, quantity in parse_pairs(changes, "TYPE=N"):
+        if not quantity.isdigit():
+            raise click.UsageError(f"{ptype}={quantity[:10]}: the quantity must be a number")
+        wanted[ptype] = int(quantity)
+    api = client()
+    path = f"/v1/apps/{name}/formation"
+    formation = api.call("PATCH", path, wanted) if wanted else api.get(path)
+    if as_json:
+        emit_json(formation)
+        return
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(formation.items())) or "no processes"
+    click.echo(f"{'Scaled' if wanted else 'Formation of'} {name}: {shown}")
+
+
+COMMANDS = [releases, info, rollback, scale]

@@ -1,0 +1,219 @@
+"""Berth's nouns as frozen values: App, Artifact, Release, Formation, Token — with validation
+and explicit JSON.
+
+Pure: no I/O, no threads. Config values live here in plain text only in memory; state.py seals
+them before they reach ZooKeeper. Validation messages name keys and sizes, never values.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from berth.framework.errors import Invalid
+
+APP_NAME = re.compile(r"^[a-z][a-z0-9-]{1,29}$")
+CONFIG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PROCESS_TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,29}$")
+
+MAX_KEY_CHARS = 256
+MAX_VALUE_BYTES = 32 * 1024
+# Every release znode carries a sealed copy of the config; ZooKeeper's default znode limit is
+# 1 MiB, so the whole config is capped well below it (sealing and base64 add about a third).
+MAX_CONFIG_BYTES = 512 * 1024
+MAX_QUANTITY = 100
+MAX_DESCRIPTION_CHARS = 200
+
+
+def now() -> str:
+    """The current time as RFC 3339 UTC with microseconds, the one timestamp format Berth uses."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def validate_app_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise Invalid("app name must be a string")
+    if not APP_NAME.fullmatch(name):
+        raise Invalid(
+            f"invalid app name {name[:40]!r}: use 2-30 characters, lowercase letters, digits and"
+            " dashes, starting with a letter"
+        )
+    return name
+
+
+def validate_config_changes(changes: object) -> dict[str, str | None]:
+    """Check a config patch: KEY → new value, or None to unset. Returns it typed."""
+    if not isinstance(changes, dict) or not changes:
+        raise Invalid("config changes must be a non-empty object of KEY: value (null unsets)")
+    checked: dict[str, str | None] = {}
+    for key, value in changes.items():
+        if len(key) > MAX_KEY_CHARS:
+            raise Invalid(f"config key is {len(key)} characters; the limit is {MAX_KEY_CHARS}")
+        if not CONFIG_KEY.fullmatch(key):
+            raise Invalid(
+                f"invalid config key {key!r}: use letters, digits and underscores,"
+                " not starting with a digit"
+            )
+        if value is not None and not isinstance(value, str):
+            raise Invalid(f"value of {key} must be a string (or null to unset it)")
+        if value is not None and len(value.encode()) > MAX_VALUE_BYTES:
+            raise Invalid(
+                f"value of {key} is {len(value.encode())} bytes; the limit is {MAX_VALUE_BYTES}"
+            )
+        checked[key] = value
+    return checked
+
+
+def apply_config_changes(
+    config: Mapping[str, str], changes: Mapping[str, str | None]
+) -> dict[str, str]:
+    merged = dict(config)
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in merged.items())
+    if size > MAX_CONFIG_BYTES:
+        raise Invalid(f"config would be {size} bytes in all; the limit is {MAX_CONFIG_BYTES}")
+    return merged
+
+
+def describe_config_changes(changes: Mapping[str, str | None]) -> str:
+    set_keys = sorted(k for k, v in changes.items() if v is not None)
+    unset_keys = sorted(k for k, v in changes.items() if v is None)
+    parts = []
+    if set_keys:
+        parts.append("Set " + ", ".join(set_keys))
+    if unset_keys:
+        parts.append(("remove " if parts else "Remove ") + ", ".join(unset_keys))
+    return _clip(" and ".join(parts) + " config vars")
+
+
+def validate_formation_changes(changes: object, process_types: Mapping[str, str]) -> dict[str, int]:
+    """Check a scale request: TYPE → quantity. When the current release declares process types,
+    only those can be scaled; before any build there are none to check against."""
+    if not isinstance(changes, dict) or not changes:
+        raise Invalid("scale needs a non-empty object of TYPE: quantity")
+    checked: dict[str, int] = {}
+    for ptype, quantity in changes.items():
+        if not PROCESS_TYPE.fullmatch(ptype):
+            raise Invalid(
+                f"invalid process type {ptype[:40]!r}: use lowercase letters, digits, '-' and"
+                " '_', starting with a letter, at most 30 characters"
+            )
+        if process_types and ptype not in process_types:
+            known = ", ".join(sorted(process_types))
+            raise Invalid(f"no process type {ptype!r} in the current release (it has: {known})")
+        if isinstance(quantity, bool) or not isinstance(quantity, int):
+            raise Invalid(f"quantity of {ptype} must be a whole number")
+        if not 0 <= quantity <= MAX_QUANTITY:
+            raise Invalid(f"quantity of {ptype} must be between 0 and {MAX_QUANTITY}")
+        checked[ptype] = quantity
+    return checked
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_DESCRIPTION_CHARS:
+        return text
+    return text[: MAX_DESCRIPTION_CHARS - 1] + "…"
+
+
+_ADJECTIVES = (
+    "amber", "brave", "calm", "dusty", "eager", "fuzzy", "gentle", "hidden", "icy", "jolly",
+    "keen", "lucky", "misty", "noble", "polar", "quiet", "rapid", "sunny", "tidy", "vivid",
+)  # fmt: skip
+_NOUNS = (
+    "anchor", "bay", "cove", "delta", "ferry", "harbor", "inlet", "jetty", "keel", "lagoon",
+    "mooring", "pier", "quay", "reef", "shoal", "tide", "wharf", "buoy", "coast", "sound",
+)  # fmt: skip
+
+
+def random_app_name() -> str:
+    """Heroku-style: adjective-noun-NNNNN, always a valid app name."""
+    return (
+        f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(90000) + 10000}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    name: str
+    created_at: str
+    release: int  # the newest release's version; 0 only while the app is being created
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "created_at": self.created_at, "release": self.release}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> App:
+        return cls(name=data["name"], created_at=data["created_at"], release=int(data["release"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """What a release runs: a Docker image reference (or, later, a slug). Empty until a build."""
+
+    kind: str
+    ref: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "ref": self.ref}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Artifact:
+        return cls(kind=data["kind"], ref=data["ref"])
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Immutable once written. `config` is plain text in memory; state.py seals it at rest."""
+
+    app: str
+    version: int
+    description: str
+    created_by: str
+    created_at: str
+    config: Mapping[str, str] = field(default_factory=dict)
+    artifact: Artifact | None = None
+    process_types: Mapping[str, str] = field(default_factory=dict)
+
+    def summary_json(self) -> dict[str, Any]:
+        """Everything but config values: for listings."""
+        return {
+            "app": self.app,
+            "version": self.version,
+            "description": self.description,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+            "artifact": self.artifact.to_json() if self.artifact else None,
+            "process_types": dict(self.process_types),
+            "config_keys": sorted(self.config),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.summary_json(), "config": dict(self.config)}
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An API token as stored: its public id, and only a hash of the secret token."""
+
+    id: str
+    digest: str  # hex SHA-256 of the whole token string
+    description: str
+    created_at: str
+    created_by: str
+
+    def to_json(self) -> dict[str, str]:
+        """Public view: never the digest."""
+        return {
+            "id": self.id,
+            "description": self.description,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+        }

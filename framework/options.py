@@ -1,0 +1,60 @@
+"""The click options every server process shares (`berth server`, `berth api`, later
+`berth framework` and `berth router`), each also settable as a BERTH_* variable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from berth.framework.errors import BerthError
+from berth.framework.settings import (
+    DEFAULT_API_ADDR,
+    DEFAULT_DOMAIN,
+    DEFAULT_ZK,
+    Settings,
+    make_settings,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def settings_options(fn: F) -> F:
+    """Adds --data-dir, --zk, --api-addr, --domain and passes `settings=` instead."""
+
+    @click.option(
+        "--data-dir",
+        envvar="BERTH_DATA_DIR",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Keys and tokens [default: /var/lib/berth as root, else ~/.local/share/berth]",
+    )
+    @click.option("--zk", envvar="BERTH_ZK", default=DEFAULT_ZK, show_default=True,
+                  help="ZooKeeper HOSTS[/chroot]")  # fmt: skip
+    @click.option("--api-addr", envvar="BERTH_API_ADDR", default=DEFAULT_API_ADDR,
+                  show_default=True, help="[HOST]:PORT the API listens on")  # fmt: skip
+    @click.option("--domain", envvar="BERTH_DOMAIN", default=DEFAULT_DOMAIN, show_default=True,
+                  help="Apps are reached at APP.<domain>")  # fmt: skip
+    @wraps(fn)
+    def wrapper(data_dir: Path | None, zk: str, api_addr: str, domain: str, **kwargs: Any) -> Any:
+        try:
+            settings = make_settings(data_dir, zk, api_addr, domain)
+        except BerthError as exc:
+            raise click.UsageError(exc.message) from None
+        return fn(settings=settings, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_args(settings: Settings) -> list[str]:
+    """The flags that hand these settings to a child process."""
+    host = settings.api_host
+    host = f"[{host}]" if ":" in host else host
+    return [
+        f"--data-dir={settings.data_dir}",
+        f"--zk={settings.zk}",
+        f"--api-addr={host}:{settings.api_port}",
+        f"--domain={settings.domain}",
+    ]

@@ -1,0 +1,528 @@
+"""Berth's state in ZooKeeper: the only module (with leader.py, later) that talks to kazoo.
+
+The znode tree, under the chroot given by `--zk HOSTS/chroot` (default `/berth`):
+
+    /meta                          {"schema": 1}
+    /bootstrap                     created once, with the first admin token, in one transaction
+    /tokens                        data: empty; its data version serialises token changes
+    /tokens/<id>                   {"id", "digest" (SHA-256 of the token), "description", …}
+    /apps/<name>                   {"name", "created_at", "release": N}: N is the newest release
+    /apps/<name>/formation         {"web": 1, …}: process type → quantity
+    /apps/<name>/releases/<N>      one immutable znode per release, N zero-padded to 10 digits:
+                                   {"version", "description", "created_by", "created_at",
+                                    "artifact", "process_types", "config": "v1:<key id>:<sealed>",
+                                    "op": <id of the write that made it>}
+
+One small znode per app, per release, per token: never one big blob. Config lives only inside
+releases, sealed by sealing.py with the app and release as associated data; the current config
+is the newest release's.
+
+Consistency: every write that depends on a read is a compare-and-set. A new release is one
+transaction that sets `/apps/<name>` at the version that was read and creates the next release
+znode; a concurrent writer makes it fail with BadVersion/NodeExists and it is recomputed from a
+fresh read, so no update is lost. If the connection drops during a commit the outcome is
+unknown: after reconnecting, the release znode's `op` says whether this write landed, so a
+write is never applied twice nor reported failed when it succeeded. Requests made while
+ZooKeeper is unreachable wait a few seconds for it, then fail with Unavailable (503); kazoo
+reconnects (new session if the old one expired) in the background.
+
+Threads: any request thread may call a Store; kazoo's own thread only runs `_on_state`, which
+sets an Event. Must not import flask or any berth package but framework.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import replace
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    RolledBackError,
+    SessionExpiredError,
+)
+from kazoo.protocol.states import KazooState
+
+from berth.framework.errors import BerthError, Conflict, NotFound, Unavailable
+from berth.framework.model import (
+    App,
+    Artifact,
+    Release,
+    Token,
+    apply_config_changes,
+    describe_config_changes,
+    now,
+    validate_formation_changes,
+)
+from berth.framework.sealing import Sealer
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+_CAS_ATTEMPTS = 50
+Op = tuple[Any, ...]
+
+
+class _Retry(Exception):
+    """A compare-and-set lost its race: read again and recompute."""
+
+
+def _dump(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _load(raw: bytes) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(raw)
+    return data
+
+
+def _release_path(app: str, version: int) -> str:
+    return f"/apps/{app}/releases/{version:010d}"
+
+
+class Store:
+    def __init__(self, hosts: str, chroot: str, sealer: Sealer, timeout: float = 5.0) -> None:
+        self._hosts = hosts
+        self._chroot = chroot
+        self._sealer = sealer
+        self._timeout = timeout
+        self._connected = threading.Event()
+        self._zk = KazooClient(
+            hosts=f"{hosts}{chroot}",
+            timeout=10.0,
+            connection_retry={"max_tries": -1, "delay": 0.2, "max_delay": 2.0},
+        )
+        self._zk.add_listener(self._on_state)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, wait: float = 15.0) -> None:
+        """Connect, create the chroot and the base znodes. Raises Unavailable if ZooKeeper
+        cannot be reached within `wait` seconds."""
+        self._ensure_chroot(wait)
+        try:
+            self._zk.start(timeout=wait)
+        except self._zk.handler.timeout_exception:
+            self._zk.stop()
+            raise Unavailable(f"ZooKeeper at {self._hosts} did not answer in {wait:.0f}s") from None
+        with self._mapped("set up the znode tree"):
+            for path in ("/apps", "/tokens"):
+                self._zk.ensure_path(path)
+            if self._zk.exists("/meta") is None:
+                with suppress(NodeExistsError):
+                    self._zk.create("/meta", _dump({"schema": SCHEMA}))
+
+    def _ensure_chroot(self, wait: float) -> None:
+        root = KazooClient(hosts=self._hosts, timeout=10.0)
+        try:
+            root.start(timeout=wait)
+            root.ensure_path(self._chroot)
+        except root.handler.timeout_exception:
+            raise Unavailable(f"ZooKeeper at {self._hosts} did not answer in {wait:.0f}s") from None
+        finally:
+            root.stop()
+            root.close()
+
+    def connect_in_background(self) -> None:
+        """Start connecting without waiting (the chroot must exist): requests wait for the
+        connection, and `connected` says when it is there."""
+        self._zk.start_async()
+
+    def stop(self) -> None:
+        self._zk.stop()
+        self._zk.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def _on_state(self, state: str) -> None:
+        # Runs on kazoo's thread: record, never block.
+        if state == KazooState.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        log.info("zookeeper connection %s", state.lower(), extra={"zk_state": state})
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _mapped(self, doing: str) -> Iterator[None]:
+        """Turn connection trouble into Unavailable, after giving ZooKeeper a moment to return."""
+        if not self._connected.wait(self._timeout):
+            raise Unavailable(f"cannot {doing}: ZooKeeper is unreachable; try again")
+        try:
+            yield
+        except (ConnectionLoss, SessionExpiredError, ConnectionClosedError) as exc:
+            raise Unavailable(
+                f"cannot {doing}: lost the ZooKeeper connection ({type(exc).__name__}); try again"
+            ) from None
+        except self._zk.handler.timeout_exception:
+            raise Unavailable(f"cannot {doing}: ZooKeeper did not answer in time") from None
+
+    def _get(self, path: str) -> tuple[dict[str, Any], Any]:
+        data, stat = self._zk.get_async(path).get(timeout=self._timeout)
+        return _load(data), stat
+
+    def _commit(self, ops: Sequence[Op]) -> list[Any]:
+        """Run ("create"|"set_data"|"delete", path, …args) operations as one transaction;
+        the results hold an exception per failed operation."""
+        tx = self._zk.transaction()
+        for name, *args in ops:
+            getattr(tx, name)(*args)
+        results: list[Any] = tx.commit_async().get(timeout=self._timeout)
+        return results
+
+    @staticmethod
+    def _failure(results: list[Any]) -> Exception | None:
+        """The transaction's real error (kazoo marks the other operations RolledBack)."""
+        errors = [r for r in results if isinstance(r, Exception)]
+        real = [e for e in errors if not isinstance(e, RolledBackError)]
+        if real:
+            return real[0]
+        return errors[0] if errors else None
+
+    # -- apps --------------------------------------------------------------------------------
+
+    def create_app(self, name: str, created_by: str) -> App:
+        """The app, its empty formation and release v1 ("Initial release"), atomically."""
+        app = App(name=name, created_at=now(), release=1)
+        v1 = Release(
+            app=name, version=1, description="Initial release", created_by=created_by,
+            created_at=app.created_at,
+        )  # fmt: skip
+        with self._mapped(f"create app {name}"):
+            results = self._commit(
+                [
+                    ("create", f"/apps/{name}", _dump(app.to_json())),
+                    ("create", f"/apps/{name}/formation", _dump({})),
+                    ("create", f"/apps/{name}/releases", b""),
+                    ("create", _release_path(name, 1), self._release_bytes(v1, uuid.uuid4().hex)),
+                ]
+            )
+        failure = self._failure(results)
+        if isinstance(failure, NodeExistsError):
+            raise Conflict(f"app {name} already exists")
+        if failure is not None:
+            raise BerthError(f"could not create app {name}: {type(failure).__name__}")
+        log.info("app created", extra={"app": name})
+        return app
+
+    def get_app(self, name: str) -> App:
+        with self._mapped(f"read app {name}"):
+            try:
+                data, _ = self._get(f"/apps/{name}")
+            except NoNodeError:
+                raise NotFound(f"no app named {name}") from None
+        return App.from_json(data)
+
+    def list_apps(self) -> list[App]:
+        with self._mapped("list apps"):
+            names = sorted(self._zk.get_children_async("/apps").get(timeout=self._timeout))
+            pending = [self._zk.get_async(f"/apps/{n}") for n in names]
+            apps = []
+            for result in pending:
+                try:
+                    data, _ = result.get(timeout=self._timeout)
+                except NoNodeError:
+                    continue  # destroyed between the listing and the read
+                apps.append(App.from_json(_load(data)))
+        return apps
+
+    def destroy_app(self, name: str) -> None:
+        """Delete the app and everything under it in one transaction, or nothing."""
+        for _ in range(_CAS_ATTEMPTS):
+            with self._mapped(f"destroy app {name}"):
+                try:
+                    _, stat = self._get(f"/apps/{name}")
+                    releases = self._zk.get_children_async(f"/apps/{name}/releases").get(
+                        timeout=self._timeout
+                    )
+                    children = self._zk.get_children_async(f"/apps/{name}").get(
+                        timeout=self._timeout
+                    )
+                except NoNodeError:
+                    raise NotFound(f"no app named {name}") from None
+                paths = [f"/apps/{name}/releases/{r}" for r in releases]
+                paths += [f"/apps/{name}/{c}" for c in children]
+                ops: list[Op] = [("delete", path) for path in paths]
+                ops.append(("delete", f"/apps/{name}", stat.version))
+                failure = self._failure(self._commit(ops))
+            if failure is None:
+                log.info("app destroyed", extra={"app": name})
+                return
+            if not isinstance(failure, BadVersionError | NotEmptyError | NoNodeError):
+                raise BerthError(f"could not destroy app {name}: {type(failure).__name__}")
+        raise Conflict(f"app {name} kept changing while being destroyed; try again")
+
+    # -- releases ----------------------------------------------------------------------------
+
+    def _release_bytes(self, release: Release, op: str) -> bytes:
+        where = f"{release.app}/v{release.version}"
+        sealed = self._sealer.seal(_dump(dict(release.config)), where)
+        return _dump(
+            {
+                "version": release.version,
+                "description": release.description,
+                "created_by": release.created_by,
+                "created_at": release.created_at,
+                "artifact": release.artifact.to_json() if release.artifact else None,
+                "process_types": dict(release.process_types),
+                "config": sealed,
+                "op": op,
+            }
+        )
+
+    def _release_from(self, app: str, data: dict[str, Any]) -> Release:
+        version = int(data["version"])
+        config = _load(self._sealer.open(data["config"], f"{app}/v{version}"))
+        artifact = data.get("artifact")
+        return Release(
+            app=app,
+            version=version,
+            description=data["description"],
+            created_by=data["created_by"],
+            created_at=data["created_at"],
+            config=config,
+            artifact=Artifact.from_json(artifact) if artifact else None,
+            process_types=data.get("process_types") or {},
+        )
+
+    def get_release(self, app: str, version: int | None = None) -> Release:
+        """Release vN of the app, or its newest one."""
+        if version is None:
+            version = self.get_app(app).release
+        with self._mapped(f"read release v{version} of {app}"):
+            try:
+                data, _ = self._get(_release_path(app, version))
+            except NoNodeError:
+                self.get_app(app)  # NotFound for the app itself comes first
+                raise NotFound(f"app {app} has no release v{version}") from None
+        return self._release_from(app, data)
+
+    def list_releases(self, app: str, limit: int = 15) -> list[Release]:
+        """The newest `limit` releases, newest first."""
+        newest = self.get_app(app).release
+        versions = range(newest, max(newest - limit, 0), -1)
+        with self._mapped(f"list releases of {app}"):
+            pending = [self._zk.get_async(_release_path(app, v)) for v in versions]
+            releases = []
+            for result in pending:
+                try:
+                    data, _ = result.get(timeout=self._timeout)
+                except NoNodeError:
+                    continue
+                releases.append(self._release_from(app, _load(data)))
+        return releases
+
+    def _append_release(self, app: str, make: Callable[[Release], Release]) -> Release:
+        """Write the next release, computed by `make` from the newest one, as a CAS on the app.
+
+        `make` is re-run on a fresh read whenever another writer got there first."""
+        for _ in range(_CAS_ATTEMPTS):
+            op = uuid.uuid4().hex
+            with self._mapped(f"write a release of {app}"):
+                try:
+                    app_data, stat = self._get(f"/apps/{app}")
+                except NoNodeError:
+                    raise NotFound(f"no app named {app}") from None
+                current = App.from_json(app_data)
+                try:
+                    newest = self._release_from(
+                        app, self._get(_release_path(app, current.release))[0]
+                    )
+                except NoNodeError:
+                    raise NotFound(f"no app named {app}") from None  # destroyed meanwhile
+            release = make(newest)
+            release = replace(release, app=app, version=current.release + 1, created_at=now())
+            updated = replace(current, release=release.version)
+            try:
+                with self._mapped(f"write release v{release.version} of {app}"):
+                    results = self._commit(
+                        [
+                            ("set_data", f"/apps/{app}", _dump(updated.to_json()), stat.version),
+                            (
+                                "create",
+                                _release_path(app, release.version),
+                                self._release_bytes(release, op),
+                            ),
+                        ]
+                    )
+            except Unavailable:
+                if self._landed(app, release.version, op):
+                    return release
+                raise
+            failure = self._failure(results)
+            if failure is None:
+                log.info(
+                    "release created",
+                    extra={"app": app, "release": release.version, "by": release.created_by},
+                )
+                return release
+            if isinstance(failure, NoNodeError):
+                raise NotFound(f"no app named {app}")
+            if not isinstance(failure, BadVersionError | NodeExistsError):
+                raise BerthError(f"could not write a release of {app}: {type(failure).__name__}")
+        raise Conflict(f"app {app} is changing too fast to write a release; try again")
+
+    def _landed(self, app: str, version: int, op: str) -> bool:
+        """After a commit whose answer was lost: did it happen? Waits for the connection; if
+        ZooKeeper stays away the write was never acknowledged, and Unavailable is raised."""
+        with self._mapped(f"check whether release v{version} of {app} was written"):
+            try:
+                data, _ = self._get(_release_path(app, version))
+            except NoNodeError:
+                return False
+        return bool(data.get("op") == op)
+
+    def set_config(self, app: str, changes: dict[str, str | None], created_by: str) -> Release:
+        """A new release with the config changed (None unsets a key)."""
+        description = describe_config_changes(changes)
+
+        def make(newest: Release) -> Release:
+            return replace(
+                newest,
+                config=apply_config_changes(newest.config, changes),
+                description=description,
+                created_by=created_by,
+            )
+
+        return self._append_release(app, make)
+
+    def rollback(self, app: str, version: int | None, created_by: str) -> Release:
+        """A new release copying vN's artifact, config and process types (default: the one
+        before the newest)."""
+        if version is None:
+            newest = self.get_app(app).release
+            if newest < 2:
+                raise Conflict(f"app {app} has only v{newest}: there is no earlier release")
+            version = newest - 1
+        target = self.get_release(app, version)
+
+        def make(newest: Release) -> Release:
+            return replace(
+                target,
+                description=f"Rollback to v{target.version}",
+                created_by=created_by,
+            )
+
+        return self._append_release(app, make)
+
+    # -- formation ---------------------------------------------------------------------------
+
+    def get_formation(self, app: str) -> dict[str, int]:
+        with self._mapped(f"read the formation of {app}"):
+            try:
+                data, _ = self._get(f"/apps/{app}/formation")
+            except NoNodeError:
+                raise NotFound(f"no app named {app}") from None
+        return {k: int(v) for k, v in data.items()}
+
+    def scale(self, app: str, changes: object) -> dict[str, int]:
+        """Merge `changes` into the formation (CAS), validated against the newest release."""
+        process_types = self.get_release(app).process_types
+        checked = validate_formation_changes(changes, process_types)
+        for _ in range(_CAS_ATTEMPTS):
+            with self._mapped(f"scale {app}"):
+                try:
+                    data, stat = self._get(f"/apps/{app}/formation")
+                except NoNodeError:
+                    raise NotFound(f"no app named {app}") from None
+                formation = {**data, **checked}
+                try:
+                    self._zk.set_async(
+                        f"/apps/{app}/formation", _dump(formation), version=stat.version
+                    ).get(timeout=self._timeout)
+                except BadVersionError:
+                    continue
+                except NoNodeError:
+                    raise NotFound(f"no app named {app}") from None
+            log.info("formation changed", extra={"app": app, "formation": formation})
+            return {k: int(v) for k, v in formation.items()}
+        raise Conflict(f"the formation of {app} is changing too fast; try again")
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def bootstrap_token(self, record: Token) -> bool:
+        """Store the first admin token, once per Berth (per chroot). False if already done."""
+        with self._mapped("bootstrap the admin token"):
+            results = self._commit(
+                [
+                    ("create", "/bootstrap", _dump({"token": record.id, "at": record.created_at})),
+                    ("create", f"/tokens/{record.id}", _dump(_token_json(record))),
+                ]
+            )
+        failure = self._failure(results)
+        if isinstance(failure, NodeExistsError):
+            return False
+        if failure is not None:
+            raise BerthError(f"could not bootstrap the admin token: {type(failure).__name__}")
+        return True
+
+    def get_token(self, token_id: str) -> Token | None:
+        with self._mapped("check the token"):
+            try:
+                data, _ = self._get(f"/tokens/{token_id}")
+            except NoNodeError:
+                return None
+        return Token(**data)
+
+    def list_tokens(self) -> list[Token]:
+        with self._mapped("list tokens"):
+            ids = sorted(self._zk.get_children_async("/tokens").get(timeout=self._timeout))
+            pending = [self._zk.get_async(f"/tokens/{i}") for i in ids]
+            tokens = []
+            for result in pending:
+                try:
+                    data, _ = result.get(timeout=self._timeout)
+                except NoNodeError:
+                    continue
+                tokens.append(Token(**_load(data)))
+        return sorted(tokens, key=lambda t: t.created_at)
+
+    def add_token(self, record: Token) -> None:
+        self._change_tokens(
+            lambda ids: [("create", f"/tokens/{record.id}", _dump(_token_json(record)))]
+        )
+
+    def revoke_token(self, token_id: str) -> None:
+        """Delete a token; refuses to delete the last one, which would lock everyone out."""
+
+        def ops(ids: list[str]) -> list[Op]:
+            if token_id not in ids:
+                raise NotFound(f"no token with id {token_id}")
+            if len(ids) == 1:
+                raise Conflict("refusing to revoke the last token: create another one first")
+            return [("delete", f"/tokens/{token_id}")]
+
+        self._change_tokens(ops)
+
+    def _change_tokens(self, make: Callable[[list[str]], list[Op]]) -> None:
+        """Token changes are serialised by a CAS on /tokens's data version."""
+        for _ in range(_CAS_ATTEMPTS):
+            with self._mapped("change tokens"):
+                ids, stat = self._zk.get_children_async("/tokens", include_data=True).get(
+                    timeout=self._timeout
+                )
+                ops: list[Op] = [("set_data", "/tokens", b"", stat.version), *make(ids)]
+                failure = self._failure(self._commit(ops))
+            if failure is None:
+                return
+            if not isinstance(failure, BadVersionError):
+                raise BerthError(f"could not change tokens: {type(failure).__name__}")
+        raise Conflict("tokens are changing too fast; try again")
+
+
+def _token_json(record: Token) -> dict[str, str]:
+    return {**record.to_json(), "digest": record.digest}
