@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from berth.framework.errors import BerthError
@@ -27,6 +27,20 @@ _HTTP_MESSAGES = {
 }
 
 
+# An oversize body left unread makes the kernel reset the connection, which can destroy the
+# 413 before the client reads it; read and drop up to this much so the client sees the answer.
+DRAIN_LIMIT = 16 * 1024 * 1024
+
+
+def _drain() -> None:
+    stream = request.environ.get("wsgi.input")
+    if stream is None or (request.content_length or 0) > DRAIN_LIMIT:
+        return
+    left = DRAIN_LIMIT
+    while left > 0 and (chunk := stream.read(min(65536, left))):
+        left -= len(chunk)
+
+
 def _body(status: int, code: str, message: str) -> tuple[Response, int]:
     return jsonify({"error": {"code": code, "message": message}}), status
 
@@ -41,6 +55,8 @@ def install(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
+        if status == 413:
+            _drain()
         message = _HTTP_MESSAGES.get(status) or exc.description or exc.name
         return _body(status, _HTTP_CODES.get(status, "http_error"), message)
 

@@ -1,0 +1,170 @@
+"""The API end to end: a real `berth api` process on a real ZooKeeper."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import Api
+
+
+def error(response: Any, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]["code"] == code
+    message: str = body["error"]["message"]
+    assert message
+    return message
+
+
+def test_apps_lifecycle(api: Api) -> None:
+    created = api.call("POST", "/v1/apps", json={"name": "shop"})
+    assert created.status_code == 201
+    assert created.json()["web_url"] == "http://shop.localhost"
+    assert "already exists" in error(api.call("POST", "/v1/apps", json={"name": "shop"}), 409,
+                                     "conflict")  # fmt: skip
+    random = api.call("POST", "/v1/apps").json()["name"]
+    names = [a["name"] for a in api.call("GET", "/v1/apps").json()]
+    assert sorted(names) == sorted(["shop", random])
+    info = api.call("GET", "/v1/apps/shop").json()
+    assert info["release"] == 1
+    assert info["formation"] == {}
+    assert api.call("DELETE", "/v1/apps/shop").status_code == 200
+    error(api.call("GET", "/v1/apps/shop"), 404, "not_found")
+    assert [a["name"] for a in api.call("GET", "/v1/apps").json()] == [random]
+    # the name is free again, and the new app starts from v1
+    assert api.call("POST", "/v1/apps", json={"name": "shop"}).json()["release"] == 1
+
+
+def test_config_changes_make_releases_and_rollback_restores_config(api: Api) -> None:
+    api.call("POST", "/v1/apps", json={"name": "blog"})
+    r = api.call("PATCH", "/v1/apps/blog/config", json={"DATABASE_URL": "postgres://a", "X": "1"})
+    assert r.status_code == 200
+    assert r.json()["release"]["version"] == 2
+    api.call("PATCH", "/v1/apps/blog/config", json={"X": None, "Y": "2"})
+    assert api.call("GET", "/v1/apps/blog/config").json() == {
+        "DATABASE_URL": "postgres://a", "Y": "2",
+    }  # fmt: skip
+    releases = api.call("GET", "/v1/apps/blog/releases").json()
+    assert [r["version"] for r in releases] == [3, 2, 1]
+    assert [r["description"] for r in releases] == [
+        "Set Y and remove X config vars", "Set DATABASE_URL, X config vars", "Initial release",
+    ]  # fmt: skip
+    assert all(r["created_by"].startswith("admin (") for r in releases)
+    assert "config" not in releases[0]  # listings carry keys, not values
+    assert releases[0]["config_keys"] == ["DATABASE_URL", "Y"]
+
+    rolled = api.call("POST", "/v1/apps/blog/rollback", json={"version": "v2"})
+    assert rolled.status_code == 201
+    assert rolled.json()["description"] == "Rollback to v2"
+    assert rolled.json()["version"] == 4
+    assert api.call("GET", "/v1/apps/blog/config").json() == {
+        "DATABASE_URL": "postgres://a", "X": "1",
+    }  # fmt: skip
+    # no version: back to the previous release (v3's config)
+    assert api.call("POST", "/v1/apps/blog/rollback").json()["description"] == "Rollback to v3"
+    assert api.call("GET", "/v1/apps/blog/config").json() == {
+        "DATABASE_URL": "postgres://a", "Y": "2",
+    }  # fmt: skip
+    v4 = api.call("GET", "/v1/apps/blog/releases/v4").json()
+    assert v4["config"] == {"DATABASE_URL": "postgres://a", "X": "1"}
+    error(api.call("GET", "/v1/apps/blog/releases/v99"), 404, "not_found")
+    error(api.call("POST", "/v1/apps/blog/rollback", json={"version": 99}), 404, "not_found")
+    error(api.call("GET", "/v1/apps/blog/releases/latest"), 422, "invalid")
+
+
+def test_rollback_needs_an_earlier_release(api: Api) -> None:
+    api.call("POST", "/v1/apps", json={"name": "fresh"})
+    assert "no earlier release" in error(api.call("POST", "/v1/apps/fresh/rollback"), 409,
+                                         "conflict")  # fmt: skip
+
+
+def test_formation_is_stored(api: Api) -> None:
+    api.call("POST", "/v1/apps", json={"name": "svc"})
+    assert api.call("PATCH", "/v1/apps/svc/formation", json={"web": 2}).json() == {"web": 2}
+    assert api.call("PATCH", "/v1/apps/svc/formation", json={"worker": 1}).json() == {
+        "web": 2, "worker": 1,
+    }  # fmt: skip
+    assert api.call("GET", "/v1/apps/svc").json()["formation"] == {"web": 2, "worker": 1}
+    error(api.call("PATCH", "/v1/apps/svc/formation", json={"web": -1}), 422, "invalid")
+    error(api.call("PATCH", "/v1/apps/svc/formation", json={"web": "many"}), 422, "invalid")
+    assert api.call("GET", "/v1/apps/svc/formation").json() == {"web": 2, "worker": 1}
+
+
+def test_bad_input_gets_a_clear_error_and_changes_nothing(api: Api) -> None:
+    api.call("POST", "/v1/apps", json={"name": "keep"})
+    api.call("PATCH", "/v1/apps/keep/config", json={"A": "1"})
+
+    def snapshot() -> Any:
+        return (
+            api.call("GET", "/v1/apps").json(),
+            api.call("GET", "/v1/apps/keep/releases").json(),
+            api.call("GET", "/v1/apps/keep/config").json(),
+        )
+
+    before = snapshot()
+    for name in ("Bad", "a", "1abc", "a_b", "x" * 31, 42):
+        assert "app name" in error(api.call("POST", "/v1/apps", json={"name": name}), 422,
+                                   "invalid")  # fmt: skip
+    assert "config key" in error(
+        api.call("PATCH", "/v1/apps/keep/config", json={"9LIVES": "x"}), 422, "invalid"
+    )
+    message = error(
+        api.call("PATCH", "/v1/apps/keep/config", json={"BIG": "v" * (32 * 1024 + 1)}), 422,
+        "invalid",
+    )  # fmt: skip
+    assert "32768" in message
+    assert "vvvv" not in message
+    error(api.call("PATCH", "/v1/apps/keep/config", json={"N": 5}), 422, "invalid")
+    error(api.call("PATCH", "/v1/apps/keep/config", json={}), 422, "invalid")
+    assert "not valid JSON" in error(
+        api.call("PATCH", "/v1/apps/keep/config", data=b"{nope",
+                 headers={"Content-Type": "application/json"}), 400, "bad_request",
+    )  # fmt: skip
+    error(api.call("PATCH", "/v1/apps/keep/config", json=["A"]), 400, "bad_request")
+    error(api.call("PATCH", "/v1/apps/keep/config"), 400, "bad_request")
+    assert "no app named ghost" in error(
+        api.call("PATCH", "/v1/apps/ghost/config", json={"A": "1"}), 404, "not_found"
+    )
+    error(api.call("DELETE", "/v1/apps/ghost"), 404, "not_found")
+    error(api.call("GET", "/v1/apps/ghost/releases"), 404, "not_found")
+    error(api.call("PATCH", "/v1/apps/ghost/formation", json={"web": 1}), 404, "not_found")
+    error(api.call("POST", "/v1/apps", data=b"x" * (1024 * 1024 + 1)), 413, "too_large")
+    error(api.call("GET", "/v1/nothing-here"), 404, "not_found")
+    error(api.call("PUT", "/v1/apps"), 405, "method_not_allowed")
+    assert snapshot() == before
+
+
+def test_tokens_create_use_revoke(api: Api) -> None:
+    created = api.call("POST", "/v1/tokens", json={"description": "deploy bot"})
+    assert created.status_code == 201
+    secret = created.json()["token"]
+    token_id = created.json()["id"]
+    assert secret.startswith(f"berth_{token_id}_")
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert api.session.get(f"{api.url}/v1/apps", headers=headers, timeout=10).status_code == 200
+    listed = api.call("GET", "/v1/tokens").json()
+    assert {t["description"] for t in listed} == {"admin", "deploy bot"}
+    assert secret not in str(listed)
+    assert all("digest" not in t for t in listed)
+    # releases record who made them
+    api.session.post(f"{api.url}/v1/apps", json={"name": "bot-app"}, headers=headers, timeout=10)
+    release = api.call("GET", "/v1/apps/bot-app/releases/v1").json()
+    assert release["created_by"] == f"deploy bot ({token_id})"
+
+    assert api.call("DELETE", f"/v1/tokens/{token_id}").status_code == 200
+    r = api.session.get(f"{api.url}/v1/apps", headers=headers, timeout=10)
+    assert r.status_code == 401
+    assert "revoked" in r.json()["error"]["message"]
+    error(api.call("DELETE", f"/v1/tokens/{token_id}"), 404, "not_found")
+    admin_id = api.call("GET", "/v1/tokens").json()[0]["id"]
+    assert "last token" in error(api.call("DELETE", f"/v1/tokens/{admin_id}"), 409, "conflict")
+
+
+def test_healthz_is_public_and_basic_auth_carries_the_token(api: Api) -> None:
+    assert api.session.get(f"{api.url}/healthz", headers={"Authorization": ""}).status_code == 200
+    r = api.session.get(
+        f"{api.url}/v1/apps", headers={"Authorization": ""}, auth=("git", api.token)
+    )
+    assert r.status_code == 200
+    r = api.session.get(f"{api.url}/v1/apps", headers={"Authorization": ""}, auth=("git", "x"))
+    assert r.status_code == 401

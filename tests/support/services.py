@@ -1,0 +1,157 @@
+"""Real services for tests and benchmarks: a standalone ZooKeeper from Debian's package, and
+`berth api` as a real process. No mocks: these are the parts users run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ZK_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
+ZK_MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
+
+
+def zookeeper_available() -> bool:
+    return shutil.which("java") is not None and Path("/usr/share/java/zookeeper.jar").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"srvr")
+                if s.recv(64):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing answered on port {port} in {timeout:.0f}s")
+
+
+class ZooKeeper:
+    """One standalone ZooKeeper server with its own data dir and port; can be killed (-9) and
+    restarted on the same data to test recovery."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = root
+        self.port = port or free_port()
+        self.data_dir = root / "data"
+        self.log_path = root / "zookeeper.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def hosts(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.root / "zoo.cfg"
+        config.write_text(
+            f"tickTime=500\ndataDir={self.data_dir}\nclientPort={self.port}\n"
+            "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
+            "maxSessionTimeout=20000\n4lw.commands.whitelist=srvr\n"
+        )
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                ["java", "-Xmx256m", "-cp", ZK_CLASSPATH, ZK_MAIN, str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for_port(self.port)
+
+    def kill(self) -> None:
+        """kill -9: what a crash looks like."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+
+class BerthApi:
+    """`berth api` (or `berth server`) as a real process, on its own port, data dir and chroot."""
+
+    def __init__(
+        self, zk_hosts: str, chroot: str, data_dir: Path, log_path: Path, command: str = "api"
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.zk = f"{zk_hosts}{chroot}"
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.command = command
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def start(self, timeout: float = 30.0) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "berth.cli", self.command,
+                    f"--data-dir={self.data_dir}", f"--zk={self.zk}",
+                    f"--api-addr=127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )  # fmt: skip
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"berth {self.command} exited; see {self.log_path}")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"berth {self.command} not healthy in {timeout:.0f}s")
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
+        self._proc = None
