@@ -136,8 +136,14 @@ def _worker_exit(server: Any, worker: Any) -> None:
 
 @click.command("api")
 @settings_options
-@click.option("--threads", envvar="BERTH_API_THREADS", default=8, show_default=True,
-              type=click.IntRange(1, 64), help="Request threads")  # fmt: skip
+@click.option(
+    "--threads",
+    envvar="BERTH_API_THREADS",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Request threads",
+)
 def command(settings: Settings, threads: int) -> None:
     """Run the API server alone (`berth server` runs it for you)."""
     jsonlog.setup("api")

@@ -19,8 +19,10 @@ def apps(as_json: bool) -> None:
     elif not found:
         click.echo("No apps yet: create one with `berth apps:create`")
     else:
-        table(["NAME", "RELEASE", "CREATED"], [(a["name"], f"v{a['release']}", a["created_at"])
-                                               for a in found])  # fmt: skip
+        table(
+            ["NAME", "RELEASE", "CREATED"],
+            [(a["name"], f"v{a['release']}", a["created_at"]) for a in found],
+        )
 
 
 @click.command("apps:create")
@@ -55,8 +57,14 @@ def info(app: str | None, as_json: bool) -> None:
         return
     header(name)
     formation = ", ".join(f"{k}={v}" for k, v in sorted(data["formation"].items())) or "none"
-    pairs([("Web URL", data["web_url"]), ("Release", f"v{data['release']}"),
-           ("Formation", formation), ("Created", data["created_at"])])  # fmt: skip
+    pairs(
+        [
+            ("Web URL", data["web_url"]),
+            ("Release", f"v{data['release']}"),
+            ("Formation", formation),
+            ("Created", data["created_at"]),
+        ]
+    )
 
 
 @click.command("apps:destroy")

@@ -23,8 +23,14 @@ def _artifact(release: dict[str, object]) -> str:
 @click.command("releases")
 @app_option
 @json_option
-@click.option("-n", "--num", default=15, show_default=True, type=click.IntRange(1, 1000),
-              help="How many, newest first")  # fmt: skip
+@click.option(
+    "-n",
+    "--num",
+    default=15,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="How many, newest first",
+)
 def releases(app: str | None, as_json: bool, num: int) -> None:
     """List releases, newest first."""
     name = resolve_app(app)
@@ -33,9 +39,10 @@ def releases(app: str | None, as_json: bool, num: int) -> None:
         emit_json(found)
         return
     header(f"{name} releases")
-    table(["VERSION", "DESCRIPTION", "BY", "CREATED"],
-          [(f"v{r['version']}", r["description"], r["created_by"], r["created_at"])
-           for r in found])  # fmt: skip
+    table(
+        ["VERSION", "DESCRIPTION", "BY", "CREATED"],
+        [(f"v{r['version']}", r["description"], r["created_by"], r["created_at"]) for r in found],
+    )
 
 
 @click.command("releases:info")
@@ -52,9 +59,15 @@ def info(version: str | None, app: str | None, as_json: bool) -> None:
         return
     header(f"Release v{release['version']} of {name}")
     types = ", ".join(sorted(release["process_types"])) or "none"
-    pairs([("Description", release["description"]), ("By", release["created_by"]),
-           ("When", release["created_at"]), ("Artifact", _artifact(release)),
-           ("Process types", types)])  # fmt: skip
+    pairs(
+        [
+            ("Description", release["description"]),
+            ("By", release["created_by"]),
+            ("When", release["created_at"]),
+            ("Artifact", _artifact(release)),
+            ("Process types", types),
+        ]
+    )
     header("Config vars")
     pairs(sorted(release["config"].items()))
 

@@ -30,9 +30,13 @@ def resolve_app(app: str | None) -> str:
 
 def app_option(fn: F) -> F:
     return click.option(
-        "-a", "--app", "app", envvar="BERTH_APP", metavar="APP",
+        "-a",
+        "--app",
+        "app",
+        envvar="BERTH_APP",
+        metavar="APP",
         help="The app [default: the app of this directory's 'berth' git remote]",
-    )(fn)  # fmt: skip
+    )(fn)
 
 
 def json_option(fn: F) -> F:

@@ -31,12 +31,27 @@ def settings_options(fn: F) -> F:
         type=click.Path(file_okay=False, path_type=Path),
         help="Keys and tokens [default: /var/lib/berth as root, else ~/.local/share/berth]",
     )
-    @click.option("--zk", envvar="BERTH_ZK", default=DEFAULT_ZK, show_default=True,
-                  help="ZooKeeper HOSTS[/chroot]")  # fmt: skip
-    @click.option("--api-addr", envvar="BERTH_API_ADDR", default=DEFAULT_API_ADDR,
-                  show_default=True, help="[HOST]:PORT the API listens on")  # fmt: skip
-    @click.option("--domain", envvar="BERTH_DOMAIN", default=DEFAULT_DOMAIN, show_default=True,
-                  help="Apps are reached at APP.<domain>")  # fmt: skip
+    @click.option(
+        "--zk",
+        envvar="BERTH_ZK",
+        default=DEFAULT_ZK,
+        show_default=True,
+        help="ZooKeeper HOSTS[/chroot]",
+    )
+    @click.option(
+        "--api-addr",
+        envvar="BERTH_API_ADDR",
+        default=DEFAULT_API_ADDR,
+        show_default=True,
+        help="[HOST]:PORT the API listens on",
+    )
+    @click.option(
+        "--domain",
+        envvar="BERTH_DOMAIN",
+        default=DEFAULT_DOMAIN,
+        show_default=True,
+        help="Apps are reached at APP.<domain>",
+    )
     @wraps(fn)
     def wrapper(data_dir: Path | None, zk: str, api_addr: str, domain: str, **kwargs: Any) -> Any:
         try:

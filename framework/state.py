@@ -199,9 +199,12 @@ class Store:
         """The app, its empty formation and release v1 ("Initial release"), atomically."""
         app = App(name=name, created_at=now(), release=1)
         v1 = Release(
-            app=name, version=1, description="Initial release", created_by=created_by,
+            app=name,
+            version=1,
+            description="Initial release",
+            created_by=created_by,
             created_at=app.created_at,
-        )  # fmt: skip
+        )
         with self._mapped(f"create app {name}"):
             results = self._commit(
                 [

@@ -63,8 +63,13 @@ class Supervisor:
                 if now - child.started > HEALTHY_AFTER:
                     child.backoff = BACKOFF_START
                 return
-            log.error("%s exited with %s; restarting in %.0fs", child.name, code, child.backoff,
-                      extra={"component": child.name, "exit_code": code})  # fmt: skip
+            log.error(
+                "%s exited with %s; restarting in %.0fs",
+                child.name,
+                code,
+                child.backoff,
+                extra={"component": child.name, "exit_code": code},
+            )
             child.proc = None
             child.next_start = now + child.backoff
             child.backoff = min(child.backoff * 2, BACKOFF_MAX)

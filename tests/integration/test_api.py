@@ -20,8 +20,9 @@ def test_apps_lifecycle(api: Api) -> None:
     created = api.call("POST", "/v1/apps", json={"name": "shop"})
     assert created.status_code == 201
     assert created.json()["web_url"] == "http://shop.localhost"
-    assert "already exists" in error(api.call("POST", "/v1/apps", json={"name": "shop"}), 409,
-                                     "conflict")  # fmt: skip
+    assert "already exists" in error(
+        api.call("POST", "/v1/apps", json={"name": "shop"}), 409, "conflict"
+    )
     random = api.call("POST", "/v1/apps").json()["name"]
     names = [a["name"] for a in api.call("GET", "/v1/apps").json()]
     assert sorted(names) == sorted(["shop", random])
@@ -42,13 +43,16 @@ def test_config_changes_make_releases_and_rollback_restores_config(api: Api) -> 
     assert r.json()["release"]["version"] == 2
     api.call("PATCH", "/v1/apps/blog/config", json={"X": None, "Y": "2"})
     assert api.call("GET", "/v1/apps/blog/config").json() == {
-        "DATABASE_URL": "postgres://a", "Y": "2",
-    }  # fmt: skip
+        "DATABASE_URL": "postgres://a",
+        "Y": "2",
+    }
     releases = api.call("GET", "/v1/apps/blog/releases").json()
     assert [r["version"] for r in releases] == [3, 2, 1]
     assert [r["description"] for r in releases] == [
-        "Set Y and remove X config vars", "Set DATABASE_URL, X config vars", "Initial release",
-    ]  # fmt: skip
+        "Set Y and remove X config vars",
+        "Set DATABASE_URL, X config vars",
+        "Initial release",
+    ]
     assert all(r["created_by"].startswith("admin (") for r in releases)
     assert "config" not in releases[0]  # listings carry keys, not values
     assert releases[0]["config_keys"] == ["DATABASE_URL", "Y"]
@@ -58,13 +62,15 @@ def test_config_changes_make_releases_and_rollback_restores_config(api: Api) -> 
     assert rolled.json()["description"] == "Rollback to v2"
     assert rolled.json()["version"] == 4
     assert api.call("GET", "/v1/apps/blog/config").json() == {
-        "DATABASE_URL": "postgres://a", "X": "1",
-    }  # fmt: skip
+        "DATABASE_URL": "postgres://a",
+        "X": "1",
+    }
     # no version: back to the previous release (v3's config)
     assert api.call("POST", "/v1/apps/blog/rollback").json()["description"] == "Rollback to v3"
     assert api.call("GET", "/v1/apps/blog/config").json() == {
-        "DATABASE_URL": "postgres://a", "Y": "2",
-    }  # fmt: skip
+        "DATABASE_URL": "postgres://a",
+        "Y": "2",
+    }
     v4 = api.call("GET", "/v1/apps/blog/releases/v4").json()
     assert v4["config"] == {"DATABASE_URL": "postgres://a", "X": "1"}
     error(api.call("GET", "/v1/apps/blog/releases/v99"), 404, "not_found")
@@ -74,16 +80,18 @@ def test_config_changes_make_releases_and_rollback_restores_config(api: Api) -> 
 
 def test_rollback_needs_an_earlier_release(api: Api) -> None:
     api.call("POST", "/v1/apps", json={"name": "fresh"})
-    assert "no earlier release" in error(api.call("POST", "/v1/apps/fresh/rollback"), 409,
-                                         "conflict")  # fmt: skip
+    assert "no earlier release" in error(
+        api.call("POST", "/v1/apps/fresh/rollback"), 409, "conflict"
+    )
 
 
 def test_formation_is_stored(api: Api) -> None:
     api.call("POST", "/v1/apps", json={"name": "svc"})
     assert api.call("PATCH", "/v1/apps/svc/formation", json={"web": 2}).json() == {"web": 2}
     assert api.call("PATCH", "/v1/apps/svc/formation", json={"worker": 1}).json() == {
-        "web": 2, "worker": 1,
-    }  # fmt: skip
+        "web": 2,
+        "worker": 1,
+    }
     assert api.call("GET", "/v1/apps/svc").json()["formation"] == {"web": 2, "worker": 1}
     error(api.call("PATCH", "/v1/apps/svc/formation", json={"web": -1}), 422, "invalid")
     error(api.call("PATCH", "/v1/apps/svc/formation", json={"web": "many"}), 422, "invalid")
@@ -103,23 +111,31 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(api: Api) -> None:
 
     before = snapshot()
     for name in ("Bad", "a", "1abc", "a_b", "x" * 31, 42):
-        assert "app name" in error(api.call("POST", "/v1/apps", json={"name": name}), 422,
-                                   "invalid")  # fmt: skip
+        assert "app name" in error(
+            api.call("POST", "/v1/apps", json={"name": name}), 422, "invalid"
+        )
     assert "config key" in error(
         api.call("PATCH", "/v1/apps/keep/config", json={"9LIVES": "x"}), 422, "invalid"
     )
     message = error(
-        api.call("PATCH", "/v1/apps/keep/config", json={"BIG": "v" * (32 * 1024 + 1)}), 422,
+        api.call("PATCH", "/v1/apps/keep/config", json={"BIG": "v" * (32 * 1024 + 1)}),
+        422,
         "invalid",
-    )  # fmt: skip
+    )
     assert "32768" in message
     assert "vvvv" not in message
     error(api.call("PATCH", "/v1/apps/keep/config", json={"N": 5}), 422, "invalid")
     error(api.call("PATCH", "/v1/apps/keep/config", json={}), 422, "invalid")
     assert "not valid JSON" in error(
-        api.call("PATCH", "/v1/apps/keep/config", data=b"{nope",
-                 headers={"Content-Type": "application/json"}), 400, "bad_request",
-    )  # fmt: skip
+        api.call(
+            "PATCH",
+            "/v1/apps/keep/config",
+            data=b"{nope",
+            headers={"Content-Type": "application/json"},
+        ),
+        400,
+        "bad_request",
+    )
     error(api.call("PATCH", "/v1/apps/keep/config", json=["A"]), 400, "bad_request")
     error(api.call("PATCH", "/v1/apps/keep/config"), 400, "bad_request")
     assert "no app named ghost" in error(

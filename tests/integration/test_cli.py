@@ -8,7 +8,6 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,12 @@ from tests.conftest import Api
 class Berth:
     def __init__(self, api: Api, home: Path) -> None:
         self.api = api
-        self.env = {"XDG_CONFIG_HOME": str(home), "BERTH_URL": "", "BERTH_TOKEN": "",
-                    "BERTH_APP": ""}  # fmt: skip
+        self.env = {
+            "XDG_CONFIG_HOME": str(home),
+            "BERTH_URL": "",
+            "BERTH_TOKEN": "",
+            "BERTH_APP": "",
+        }
         self.runner = CliRunner()
 
     def __call__(self, *args: str, ok: bool = True, input: str | None = None) -> Result:
@@ -39,11 +42,11 @@ class Berth:
 
 
 @pytest.fixture
-def berth(api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Berth]:
+def berth(api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Berth:
     monkeypatch.chdir(tmp_path)
     b = Berth(api, tmp_path / "config")
     b("login", api.url, "--token", api.token)
-    yield b
+    return b
 
 
 def test_login_stores_credentials_privately(berth: Berth, tmp_path: Path) -> None:
@@ -96,7 +99,8 @@ def test_app_from_the_git_remote(berth: Berth, tmp_path: Path) -> None:
     assert "destroys gitty" in berth("apps:destroy", "gitty", ok=False).output
     assert "does not match" in berth("apps:destroy", "gitty", "--confirm", "gity", ok=False).output
     assert berth.json("config") == {"FROM_REMOTE": "1"}  # nothing destroyed
-    assert "removed git remote berth" in berth("apps:destroy", "gitty", "--confirm", "gitty").stdout
+    done = berth("apps:destroy", "gitty", "--confirm", "gitty").stdout
+    assert "removed git remote berth" in done
     assert "no app given" in berth("config", ok=False).output
 
 
@@ -130,13 +134,25 @@ def test_errors_are_one_line_with_a_non_zero_exit(berth: Berth) -> None:
 
 def test_the_installed_command_exits_non_zero(berth: Berth, tmp_path: Path) -> None:
     env = {**os.environ, "BERTH_URL": berth.api.url, "BERTH_TOKEN": berth.api.token}
-    done = subprocess.run([sys.executable, "-m", "berth.cli", "apps:info", "-a", "ghost"],
-                          env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "berth.cli", "apps:info", "-a", "ghost"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1
     assert done.stderr.strip() == "Error: no app named ghost"
     env["BERTH_TOKEN"] = ""
     env["XDG_CONFIG_HOME"] = str(tmp_path / "nowhere")
-    done = subprocess.run([sys.executable, "-m", "berth.cli", "apps"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "berth.cli", "apps"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1
     assert "not logged in" in done.stderr

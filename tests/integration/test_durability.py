@@ -53,10 +53,12 @@ def test_state_survives_restarting_everything(own_zookeeper: ZooKeeper, own_api:
     assert own_api.call("GET", "/v1/apps/durable/config").json() == {"K": "v"}
     assert own_api.call("GET", "/v1/apps/durable").json()["formation"] == {"web": 3}
     assert [r["version"] for r in own_api.call("GET", "/v1/apps/durable/releases").json()] == [
-        2, 1,
-    ]  # fmt: skip
-    r = requests.get(f"{own_api.url}/v1/apps", headers={"Authorization": f"Bearer {token}"},
-                     timeout=10)  # fmt: skip
+        2,
+        1,
+    ]
+    r = requests.get(
+        f"{own_api.url}/v1/apps", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
     assert r.status_code == 200
     # the admin token is not generated twice
     assert len(own_api.call("GET", "/v1/tokens").json()) == 2
@@ -78,8 +80,9 @@ def test_zookeeper_killed_mid_stream_loses_no_acknowledged_write(
         while not stop.is_set():
             key = f"W{n}_{i}"
             try:
-                r = session.patch(f"{own_api.url}/v1/apps/stream/config", json={key: "x"},
-                                  timeout=30)  # fmt: skip
+                r = session.patch(
+                    f"{own_api.url}/v1/apps/stream/config", json={key: "x"}, timeout=30
+                )
             except requests.RequestException:
                 statuses.append(0)
             else:
@@ -112,8 +115,10 @@ def test_zookeeper_killed_mid_stream_loses_no_acknowledged_write(
     assert 0 not in statuses
     # release numbers stayed contiguous: nothing written twice or skipped
     newest = own_api.call("GET", "/v1/apps/stream").json()["release"]
-    versions = [r["version"] for r in own_api.call(
-        "GET", "/v1/apps/stream/releases", params={"limit": 1000}).json()]  # fmt: skip
+    versions = [
+        r["version"]
+        for r in own_api.call("GET", "/v1/apps/stream/releases", params={"limit": 1000}).json()
+    ]
     assert versions == list(range(newest, 0, -1))
     assert own_api.call("PATCH", "/v1/apps/stream/config", json={"AFTER": "1"}).status_code == 200
 
@@ -152,8 +157,9 @@ def test_concurrent_config_sets_lose_no_update(api: Api) -> None:
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {api.token}"
         for i in range(writes):
-            r = session.patch(f"{api.url}/v1/apps/busy/config", json={f"C{n}_{i}": str(i)},
-                              timeout=60)  # fmt: skip
+            r = session.patch(
+                f"{api.url}/v1/apps/busy/config", json={f"C{n}_{i}": str(i)}, timeout=60
+            )
             if r.status_code != 200:
                 errors.append(r.text)
 
@@ -201,8 +207,9 @@ def test_two_berths_side_by_side_on_one_zookeeper(zookeeper: ZooKeeper, tmp_path
         a.call("PATCH", "/v1/apps/same-name/config", json={"ONLY_IN": "one"})
         assert b.call("GET", "/v1/apps/same-name/config").json() == {}
         assert a.token != b.token
-        crossed = requests.get(f"{two.url}/v1/apps", timeout=10,
-                               headers={"Authorization": f"Bearer {a.token}"})  # fmt: skip
+        crossed = requests.get(
+            f"{two.url}/v1/apps", timeout=10, headers={"Authorization": f"Bearer {a.token}"}
+        )
         assert crossed.status_code == 401
     finally:
         one.stop()

@@ -16,8 +16,9 @@ from tests.support.services import BerthApi, ZooKeeper
 
 @pytest.mark.slow
 def test_server_supervises_the_api(zookeeper: ZooKeeper, chroot: str, tmp_path: Path) -> None:
-    server = BerthApi(zookeeper.hosts, chroot, tmp_path / "data", tmp_path / "server.log",
-                      command="server")  # fmt: skip
+    server = BerthApi(
+        zookeeper.hosts, chroot, tmp_path / "data", tmp_path / "server.log", command="server"
+    )
     server.start()
     try:
         token_file = tmp_path / "data" / "admin.token"

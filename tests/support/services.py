@@ -117,15 +117,19 @@ class BerthApi:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 [
-                    sys.executable, "-m", "berth.cli", self.command,
-                    f"--data-dir={self.data_dir}", f"--zk={self.zk}",
+                    sys.executable,
+                    "-m",
+                    "berth.cli",
+                    self.command,
+                    f"--data-dir={self.data_dir}",
+                    f"--zk={self.zk}",
                     f"--api-addr=127.0.0.1:{self.port}",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:

@@ -62,7 +62,7 @@ def test_settings_parsing(tmp_path: Path) -> None:
     for bad in ("/berth", "a:1/", "a:1/x//y"):
         with pytest.raises(Invalid):
             parse_zk(bad)
-    assert parse_addr(":7070") == ("0.0.0.0", 7070)
+    assert parse_addr(":7070") == ("0.0.0.0", 7070)  # noqa: S104
     assert parse_addr("[::1]:80") == ("::1", 80)
     for bad in ("7070", ":x", ":70000"):
         with pytest.raises(Invalid):

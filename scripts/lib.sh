@@ -1,0 +1,72 @@
+# Shared by scripts/setup and scripts/test: Debian packages, the virtualenv, ZooKeeper.
+# shellcheck shell=bash disable=SC2034
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else die "need root (or sudo) to run: $*"; fi
+}
+
+# apt_install PACKAGE…: installs the Debian packages that are missing.
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing Debian packages: ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The Debian packages Berth needs to run and to be tested.
+BERTH_DEBIAN_PACKAGES=(zookeeper default-jre-headless git ca-certificates curl)
+
+# python_for_venv: a Python ≥ 3.11 that can make virtualenvs (Debian's needs python3-venv).
+python_for_venv() {
+  local py
+  py=$(command -v python3) || { apt_install python3 python3-venv; py=$(command -v python3); }
+  "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "Python >= 3.11 needed; $py is older"
+  if ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then apt_install python3-venv; fi
+  echo "$py"
+}
+
+# make_venv DIR PIP-ARGS…: creates DIR if needed and pip-installs into it.
+make_venv() {
+  local dir=$1; shift
+  [ -x "$dir/bin/python" ] || "$(python_for_venv)" -m venv "$dir"
+  local log; log=$(mktemp)
+  if ! "$dir/bin/python" -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"; die "pip install into $dir failed"
+  fi
+  rm -f "$log"
+  "$dir/bin/python" -c 'import berth.cli.main' || die "berth does not import from $dir"
+}
+
+ZK_CLASSPATH=/etc/zookeeper/conf:/usr/share/java/zookeeper.jar
+ZK_MAIN=org.apache.zookeeper.server.ZooKeeperServerMain
+
+# zk_answers HOST PORT: true when a ZooKeeper server answers there.
+zk_answers() {
+  local reply
+  reply=$( (exec 3<>"/dev/tcp/$1/$2" && printf srvr >&3 && timeout 2 cat <&3) 2>/dev/null) || return 1
+  [[ $reply == *"Zookeeper version"* ]]
+}
+
+# zk_config DIR PORT: a standalone ZooKeeper config in DIR, bound to localhost.
+zk_config() {
+  mkdir -p "$1/data"
+  cat >"$1/zoo.cfg" <<CFG
+tickTime=2000
+dataDir=$1/data
+clientPort=$2
+clientPortAddress=127.0.0.1
+admin.enableServer=false
+4lw.commands.whitelist=srvr,ruok
+autopurge.snapRetainCount=5
+autopurge.purgeInterval=24
+CFG
+}
