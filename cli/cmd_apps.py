@@ -83,6 +83,3 @@ def destroy(name: str | None, app: str | None, confirm: str | None) -> None:
     client().call("DELETE", f"/v1/apps/{target}")
     removed = remove_remote_if(target)
     click.echo(f"Destroyed {target}" + (f"; removed git remote {REMOTE}" if removed else ""))
-
-
-COMMANDS = [apps, create, info, destroy]

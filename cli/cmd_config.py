@@ -76,6 +76,3 @@ def unset(keys: tuple[str, ...], app: str | None, as_json: bool) -> None:
         emit_json(result)
         return
     click.echo(f"Unset {', '.join(keys)} on {name}: v{release['version']}")
-
-
-COMMANDS = [config, get, set_, unset]

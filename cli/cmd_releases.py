@@ -107,6 +107,3 @@ def scale(changes: tuple[str, ...], app: str | None, as_json: bool) -> None:
         return
     shown = ", ".join(f"{k}={v}" for k, v in sorted(formation.items())) or "no processes"
     click.echo(f"{'Scaled' if wanted else 'Formation of'} {name}: {shown}")
-
-
-COMMANDS = [releases, info, rollback, scale]

@@ -57,6 +57,3 @@ def version(as_json: bool) -> None:
         emit_json(data)
     else:
         pairs([("client", data["client"]), ("server", data["server"] or "not logged in")])
-
-
-COMMANDS = [login, logout, version]

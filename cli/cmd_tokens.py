@@ -39,6 +39,3 @@ def revoke(token_id: str) -> None:
     """Revoke an API token at once."""
     client().call("DELETE", f"/v1/tokens/{token_id}")
     click.echo(f"Revoked token {token_id}")
-
-
-COMMANDS = [tokens, create, revoke]

@@ -36,6 +36,7 @@ import json
 import logging
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
@@ -71,6 +72,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = 1
 _CAS_ATTEMPTS = 50
+_RELEASE_CACHE_SIZE = 512
 Op = tuple[Any, ...]
 
 
@@ -104,6 +106,16 @@ class Store:
             connection_retry={"max_tries": -1, "delay": 0.2, "max_delay": 2.0},
         )
         self._zk.add_listener(self._on_state)
+        # Releases are immutable, so decoded ones are cached by (app, the app znode's creation
+        # zxid, version): an app destroyed and created again under the same name never hits
+        # its predecessor's entries.
+        self._releases: OrderedDict[tuple[str, int, int], Release] = OrderedDict()
+        # Token records by id, trusted only while `_tokens_fresh`: a children watch on /tokens
+        # (and any connection change) clears it, so a revocation takes effect at once.
+        self._tokens: dict[str, Token] = {}
+        self._tokens_fresh = False
+        self._tokens_generation = 0
+        self._lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -153,6 +165,7 @@ class Store:
             self._connected.set()
         else:
             self._connected.clear()
+        self._tokens_changed()
         log.info("zookeeper connection %s", state.lower(), extra={"zk_state": state})
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -223,12 +236,15 @@ class Store:
         return app
 
     def get_app(self, name: str) -> App:
+        return self._app_and_stat(name)[0]
+
+    def _app_and_stat(self, name: str) -> tuple[App, Any]:
         with self._mapped(f"read app {name}"):
             try:
-                data, _ = self._get(f"/apps/{name}")
+                data, stat = self._get(f"/apps/{name}")
             except NoNodeError:
                 raise NotFound(f"no app named {name}") from None
-        return App.from_json(data)
+        return App.from_json(data), stat
 
     def list_apps(self) -> list[App]:
         with self._mapped("list apps"):
@@ -305,7 +321,8 @@ class Store:
     def get_release(self, app: str, version: int | None = None) -> Release:
         """Release vN of the app, or its newest one."""
         if version is None:
-            version = self.get_app(app).release
+            current, stat = self._app_and_stat(app)
+            return self._cached_release(app, stat.czxid, current.release)
         with self._mapped(f"read release v{version} of {app}"):
             try:
                 data, _ = self._get(_release_path(app, version))
@@ -329,24 +346,36 @@ class Store:
                 releases.append(self._release_from(app, _load(data)))
         return releases
 
+    def _cached_release(self, app: str, czxid: int, version: int) -> Release:
+        key = (app, czxid, version)
+        with self._lock:
+            cached = self._releases.get(key)
+            if cached is not None:
+                self._releases.move_to_end(key)
+                return cached
+        with self._mapped(f"read release v{version} of {app}"):
+            try:
+                data, _ = self._get(_release_path(app, version))
+            except NoNodeError:
+                raise NotFound(f"no app named {app}") from None  # destroyed meanwhile
+        release = self._release_from(app, data)
+        self._remember(key, release)
+        return release
+
+    def _remember(self, key: tuple[str, int, int], release: Release) -> None:
+        with self._lock:
+            self._releases[key] = release
+            while len(self._releases) > _RELEASE_CACHE_SIZE:
+                self._releases.popitem(last=False)
+
     def _append_release(self, app: str, make: Callable[[Release], Release]) -> Release:
         """Write the next release, computed by `make` from the newest one, as a CAS on the app.
 
         `make` is re-run on a fresh read whenever another writer got there first."""
         for _ in range(_CAS_ATTEMPTS):
             op = uuid.uuid4().hex
-            with self._mapped(f"write a release of {app}"):
-                try:
-                    app_data, stat = self._get(f"/apps/{app}")
-                except NoNodeError:
-                    raise NotFound(f"no app named {app}") from None
-                current = App.from_json(app_data)
-                try:
-                    newest = self._release_from(
-                        app, self._get(_release_path(app, current.release))[0]
-                    )
-                except NoNodeError:
-                    raise NotFound(f"no app named {app}") from None  # destroyed meanwhile
+            current, stat = self._app_and_stat(app)
+            newest = self._cached_release(app, stat.czxid, current.release)
             release = make(newest)
             release = replace(release, app=app, version=current.release + 1, created_at=now())
             updated = replace(current, release=release.version)
@@ -368,6 +397,7 @@ class Store:
                 raise
             failure = self._failure(results)
             if failure is None:
+                self._remember((app, stat.czxid, release.version), release)
                 log.info(
                     "release created",
                     extra={"app": app, "release": release.version, "by": release.created_by},
@@ -474,12 +504,40 @@ class Store:
         return True
 
     def get_token(self, token_id: str) -> Token | None:
+        """The stored record for a token id, or None (unknown or revoked)."""
+        with self._lock:
+            if self._tokens_fresh and token_id in self._tokens:
+                return self._tokens[token_id]
+            generation = self._tokens_generation
         with self._mapped("check the token"):
+            ids = set(
+                self._zk.get_children_async("/tokens", watch=self._tokens_watch).get(
+                    timeout=self._timeout
+                )
+            )
+            if token_id not in ids:
+                return None
             try:
                 data, _ = self._get(f"/tokens/{token_id}")
             except NoNodeError:
                 return None
-        return Token(**data)
+        record = Token(**data)
+        with self._lock:
+            if not self._tokens_fresh and generation == self._tokens_generation:
+                self._tokens = {k: v for k, v in self._tokens.items() if k in ids}
+                self._tokens_fresh = True
+            if self._tokens_fresh and generation == self._tokens_generation:
+                self._tokens[token_id] = record
+        return record
+
+    def _tokens_watch(self, event: Any) -> None:
+        # kazoo's thread: /tokens changed; cached records are no longer to be trusted.
+        self._tokens_changed()
+
+    def _tokens_changed(self) -> None:
+        with self._lock:
+            self._tokens_fresh = False
+            self._tokens_generation += 1
 
     def list_tokens(self) -> list[Token]:
         with self._mapped("list tokens"):
@@ -510,6 +568,7 @@ class Store:
             return [("delete", f"/tokens/{token_id}")]
 
         self._change_tokens(ops)
+        self._tokens_changed()  # here at once; other API processes learn it from the watch
 
     def _change_tokens(self, make: Callable[[list[str]], list[Op]]) -> None:
         """Token changes are serialised by a CAS on /tokens's data version."""

@@ -27,7 +27,8 @@ from berth.framework.settings import Settings
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("api",)
+# Each component runs as `python -m <module>`: its own entry, without the CLI client code.
+COMPONENTS = {"api": "berth.api"}
 STOP_GRACE = 15.0
 BACKOFF_START, BACKOFF_MAX, HEALTHY_AFTER = 1.0, 30.0, 60.0
 
@@ -106,8 +107,10 @@ def command(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    base = [sys.executable, "-m", "berth.cli"]
-    children = [Child(name, [*base, name, *settings_args(settings)]) for name in COMPONENTS]
+    children = [
+        Child(name, [sys.executable, "-m", module, *settings_args(settings)])
+        for name, module in COMPONENTS.items()
+    ]
     log.info("berth server starting", extra={"components": list(COMPONENTS), "zk": settings.zk})
     Supervisor(children).run(stop)
     log.info("berth server stopped")

@@ -29,11 +29,16 @@ def test_apps_lifecycle(api: Api) -> None:
     info = api.call("GET", "/v1/apps/shop").json()
     assert info["release"] == 1
     assert info["formation"] == {}
+    api.call("PATCH", "/v1/apps/shop/config", json={"OLD": "1"})
+    assert api.call("GET", "/v1/apps/shop/config").json() == {"OLD": "1"}
     assert api.call("DELETE", "/v1/apps/shop").status_code == 200
     error(api.call("GET", "/v1/apps/shop"), 404, "not_found")
     assert [a["name"] for a in api.call("GET", "/v1/apps").json()] == [random]
     # the name is free again, and the new app starts from v1
     assert api.call("POST", "/v1/apps", json={"name": "shop"}).json()["release"] == 1
+    assert api.call("GET", "/v1/apps/shop/config").json() == {}
+    api.call("PATCH", "/v1/apps/shop/config", json={"NEW": "1"})
+    assert api.call("GET", "/v1/apps/shop/config").json() == {"NEW": "1"}
 
 
 def test_config_changes_make_releases_and_rollback_restores_config(api: Api) -> None:

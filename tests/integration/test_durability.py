@@ -214,3 +214,32 @@ def test_two_berths_side_by_side_on_one_zookeeper(zookeeper: ZooKeeper, tmp_path
     finally:
         one.stop()
         two.stop()
+
+
+def test_a_revoked_token_stops_working_on_every_api_process(
+    zookeeper: ZooKeeper, chroot: str, tmp_path: Path
+) -> None:
+    """Two API processes of one Berth (same chroot and key): a token cached by one is refused
+    by it once the other revokes it."""
+    one = BerthApi(zookeeper.hosts, chroot, tmp_path / "data", tmp_path / "one.log")
+    two = BerthApi(zookeeper.hosts, chroot, tmp_path / "data", tmp_path / "two.log")
+    one.start()
+    two.start()
+    try:
+        a = Api(one)
+        secret = a.call("POST", "/v1/tokens", json={"description": "t"}).json()
+        headers = {"Authorization": f"Bearer {secret['token']}"}
+        assert requests.get(f"{two.url}/v1/apps", headers=headers, timeout=10).status_code == 200
+        assert a.call("DELETE", f"/v1/tokens/{secret['id']}").status_code == 200
+        statuses = []
+        for _ in range(50):
+            statuses.append(
+                requests.get(f"{two.url}/v1/apps", headers=headers, timeout=10).status_code
+            )
+            if statuses[-1] == 401:
+                break
+            time.sleep(0.1)
+        assert statuses[-1] == 401, statuses
+    finally:
+        one.stop()
+        two.stop()

@@ -1,0 +1,3 @@
+from berth.api.main import command
+
+command(prog_name="berth api")
