@@ -1,0 +1,315 @@
+"""The scheduler's decisions as one pure function: what should run (each app's release ×
+formation), what runs (tasks), what is offered (offers) → launches, kills and declines.
+
+Rules:
+- A *slot* is one process instance, `(app, process, index)`, indexes 1..quantity. Each slot
+  should hold one running task of the app's current release.
+- Scale down: every task in a slot above the quantity is killed (highest indexes go first
+  because they are the ones above the quantity).
+- Deploy, new before old: a slot holding only an older release gets a new task first; once that
+  task is running and healthy the old one is killed. At most `max_surge` such replacements per
+  process type are in flight at once, so a deploy rolls through the slots.
+- A slot with no live task (scale up, crash, lost task) is refilled at once unless its crash
+  backoff says to wait (`backoff_after_exit`: first crash → relaunch now; again → 10 s doubling
+  to 300 s; reset by a new release or 10 minutes up).
+- Duplicates (a partitioned task that came back) are killed, keeping a healthy, older one.
+- Tasks of apps that no longer exist are killed.
+- Placement: pending slots go to offers with room for the task plus its executor (cpus, mem,
+  disk, one port from the offer's ranges), preferring agents with the fewest tasks of the same
+  app and process (spread), then the roomiest. Unused offers are declined.
+
+Pure and deterministic: no I/O, no clock (the caller passes `now`), no Mesos types. Any thread
+may call it; the scheduler thread does.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+TERMINAL = frozenset({"finished", "failed", "killed", "lost", "gone", "error", "dropped"})
+
+BACKOFF_FIRST = 10.0
+BACKOFF_MAX = 300.0
+BACKOFF_RESET_AFTER = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    cpus: float
+    mem: float  # MB, as Mesos counts
+    disk: float = 0.0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpus + other.cpus, self.mem + other.mem, self.disk + other.disk)
+
+    def fits_in(self, other: Resources) -> bool:
+        eps = 1e-9
+        return (
+            self.cpus <= other.cpus + eps
+            and self.mem <= other.mem + eps
+            and self.disk <= other.disk + eps
+        )
+
+    def minus(self, other: Resources) -> Resources:
+        return Resources(self.cpus - other.cpus, self.mem - other.mem, self.disk - other.disk)
+
+
+# What Berth's own executor needs beside each task (one executor per task).
+EXECUTOR = Resources(cpus=0.05, mem=32.0, disk=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """One app's wish: its current release, the formation and each process type's needs."""
+
+    app: str
+    release: int
+    formation: Mapping[str, int]
+    needs: Mapping[str, Resources]
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    app: str
+    process: str
+    index: int
+    release: int
+    state: str  # staging, starting, running, killing, or one of TERMINAL
+    agent_id: str = ""
+    healthy: bool | None = None  # None: no check reported
+    started_at: float = 0.0
+
+    @property
+    def slot(self) -> tuple[str, str, int]:
+        return (self.app, self.process, self.index)
+
+    @property
+    def live(self) -> bool:
+        return self.state not in TERMINAL
+
+    @property
+    def serving(self) -> bool:
+        return self.state == "running" and self.healthy is not False
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    id: str
+    agent_id: str
+    hostname: str
+    resources: Resources
+    ports: tuple[tuple[int, int], ...]  # inclusive ranges
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """A slot's crash history: launches wait until `not_before`."""
+
+    failures: int
+    not_before: float
+    release: int
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    offer_id: str
+    agent_id: str
+    hostname: str
+    app: str
+    process: str
+    index: int
+    release: int
+    port: int
+    resources: Resources  # the task's own, without the executor's
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    launches: list[Launch] = field(default_factory=list)
+    kills: list[str] = field(default_factory=list)  # task ids
+    declines: list[str] = field(default_factory=list)  # offer ids
+    unplaced: int = 0  # pending slots no offer could take
+    waiting_until: float | None = None  # earliest backoff expiry, if any slot waits
+
+    @property
+    def wants_offers(self) -> bool:
+        """Something is pending now: keep offers coming (REVIVE), else SUPPRESS."""
+        return self.unplaced > 0
+
+
+def backoff_after_exit(
+    previous: Backoff | None, release: int, now: float, up_for: float
+) -> Backoff:
+    """The slot's backoff once its task ended unexpectedly (crash, or a web process exiting)."""
+    if previous is None or previous.release != release or up_for >= BACKOFF_RESET_AFTER:
+        return Backoff(failures=1, not_before=now, release=release)
+    failures = previous.failures + 1
+    delay = min(BACKOFF_FIRST * 2 ** (failures - 2), BACKOFF_MAX)
+    return Backoff(failures=failures, not_before=now + delay, release=release)
+
+
+@dataclass(slots=True)
+class _Pending:
+    app: str
+    process: str
+    index: int
+    release: int
+    needs: Resources
+
+
+def plan(
+    desired: Iterable[Desired],
+    tasks: Iterable[Task],
+    offers: Sequence[Offer],
+    backoffs: Mapping[tuple[str, str, int], Backoff],
+    now: float,
+    *,
+    max_surge: int = 1,
+    executor: Resources = EXECUTOR,
+) -> Plan:
+    wanted = {d.app: d for d in desired}
+    # (app, process) → index → live tasks
+    groups: dict[tuple[str, str], dict[int, list[Task]]] = defaultdict(lambda: defaultdict(list))
+    kills: list[str] = []
+    for task in tasks:
+        if not task.live:
+            continue
+        if task.app not in wanted:
+            if task.state != "killing":
+                kills.append(task.id)
+            continue
+        groups[(task.app, task.process)][task.index].append(task)
+    processes_of: dict[str, set[str]] = defaultdict(set)
+    for app, process in groups:
+        processes_of[app].add(process)
+
+    pending: list[_Pending] = []
+    waiting_until: float | None = None
+    for app in sorted(wanted):
+        want = wanted[app]
+        for process in sorted(set(want.formation) | processes_of[app]):
+            quantity = want.formation.get(process, 0)
+            slots = groups.get((app, process), {})
+            for index in sorted(slots):
+                if index > quantity:
+                    kills.extend(t.id for t in slots[index] if t.state != "killing")
+            surging = 0
+            to_replace: list[int] = []
+            for index in range(1, quantity + 1):
+                live = [t for t in slots.get(index, ()) if t.state != "killing"]
+                current = [t for t in live if t.release == want.release]
+                old = [t for t in live if t.release != want.release]
+                if current:
+                    keep = _keeper(current)
+                    kills.extend(t.id for t in current if t is not keep)
+                    if keep.serving:
+                        kills.extend(t.id for t in old)
+                    elif old:
+                        surging += 1
+                    continue
+                if old:
+                    to_replace.append(index)
+                    continue
+                backoff = backoffs.get((app, process, index))
+                if backoff is not None and backoff.release == want.release:
+                    if backoff.not_before > now:
+                        waiting_until = _earliest(waiting_until, backoff.not_before)
+                        continue
+                needs = want.needs.get(process, Resources(0.1, 128.0))
+                pending.append(_Pending(app, process, index, want.release, needs))
+            for index in to_replace[: max(0, max_surge - surging)]:
+                needs = want.needs.get(process, Resources(0.1, 128.0))
+                pending.append(_Pending(app, process, index, want.release, needs))
+
+    launches, used = _place(pending, offers, groups, executor)
+    declines = [o.id for o in offers if o.id not in used]
+    return Plan(
+        launches=launches,
+        kills=kills,
+        declines=declines,
+        unplaced=len(pending) - len(launches),
+        waiting_until=waiting_until,
+    )
+
+
+def _keeper(tasks: list[Task]) -> Task:
+    """Of several tasks in one slot, the one to keep: serving first, then the oldest."""
+    return min(tasks, key=lambda t: (not t.serving, t.started_at, t.id))
+
+
+def _earliest(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)
+
+
+@dataclass(slots=True)
+class _Room:
+    offer: Offer
+    free: Resources
+    ports: list[tuple[int, int]]
+
+    def take_port(self) -> int | None:
+        while self.ports:
+            begin, end = self.ports[0]
+            if begin > end:
+                self.ports.pop(0)
+                continue
+            self.ports[0] = (begin + 1, end)
+            return begin
+        return None
+
+
+def _place(
+    pending: list[_Pending],
+    offers: Sequence[Offer],
+    groups: Mapping[tuple[str, str], Mapping[int, list[Task]]],
+    executor: Resources,
+) -> tuple[list[Launch], set[str]]:
+    rooms = [_Room(o, o.resources, sorted(o.ports)) for o in offers]
+    by_group: dict[tuple[str, str], list[_Pending]] = defaultdict(list)
+    for p in pending:
+        by_group[(p.app, p.process)].append(p)
+
+    launches: list[Launch] = []
+    used: set[str] = set()
+    for key in sorted(by_group):
+        # How many live tasks of this app and process each agent has: the spread count.
+        counts: dict[str, int] = defaultdict(int)
+        for slot_tasks in groups.get(key, {}).values():
+            for t in slot_tasks:
+                counts[t.agent_id] += 1
+        # (tasks of this group on the agent, -free memory, offer order) → the best room first.
+        heap = [(counts[r.offer.agent_id], -r.free.mem, n) for n, r in enumerate(rooms) if r.ports]
+        heapq.heapify(heap)
+        for p in by_group[key]:
+            total = p.needs + executor
+            while heap:
+                _, _, n = heapq.heappop(heap)
+                room = rooms[n]
+                if not total.fits_in(room.free):
+                    continue  # no later task of this group fits here either
+                port = room.take_port()
+                if port is None:
+                    continue
+                room.free = room.free.minus(total)
+                counts[room.offer.agent_id] += 1
+                used.add(room.offer.id)
+                launches.append(
+                    Launch(
+                        offer_id=room.offer.id,
+                        agent_id=room.offer.agent_id,
+                        hostname=room.offer.hostname,
+                        app=p.app,
+                        process=p.process,
+                        index=p.index,
+                        release=p.release,
+                        port=port,
+                        resources=p.needs,
+                    )
+                )
+                heapq.heappush(heap, (counts[room.offer.agent_id], -room.free.mem, n))
+                break
+    return launches, used
