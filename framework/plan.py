@@ -1,4 +1,4 @@
-"""The scheduler's decisions as one pure function: what should run (each app's release ×
+"""The scheduler's decisions as one pure function: what should run (each app's release and
 formation), what runs (tasks), what is offered (offers) → launches, kills and declines.
 
 Rules:
@@ -215,10 +215,13 @@ def plan(
                     to_replace.append(index)
                     continue
                 backoff = backoffs.get((app, process, index))
-                if backoff is not None and backoff.release == want.release:
-                    if backoff.not_before > now:
-                        waiting_until = _earliest(waiting_until, backoff.not_before)
-                        continue
+                if (
+                    backoff is not None
+                    and backoff.release == want.release
+                    and backoff.not_before > now
+                ):
+                    waiting_until = _earliest(waiting_until, backoff.not_before)
+                    continue
                 needs = want.needs.get(process, Resources(0.1, 128.0))
                 pending.append(_Pending(app, process, index, want.release, needs))
             for index in to_replace[: max(0, max_surge - surging)]:

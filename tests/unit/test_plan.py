@@ -25,7 +25,7 @@ def offer(n: int, cpus: float = 4.0, mem: float = 4096.0, ports: tuple[int, int]
 
 
 def want(app: str = "shop", release: int = 2, **formation: int) -> Desired:
-    return Desired(app, release, formation, {p: WEB for p in formation})
+    return Desired(app, release, formation, dict.fromkeys(formation, WEB))
 
 
 def task(index: int, release: int = 2, state: str = "running", healthy: bool | None = True,
