@@ -12,7 +12,8 @@ import random
 import statistics
 import time
 
-from berth.framework.plan import Desired, Offer, Resources, Task, plan
+from berth.framework.model import Task
+from berth.framework.plan import Desired, Offer, Resources, plan
 
 
 def cluster(agents: int, rng: random.Random) -> list[Offer]:
@@ -61,7 +62,7 @@ def main() -> None:
         rates.append(len(result.launches) / elapsed)
         # the steady state: everything runs, every offer is declined
         tasks = [
-            Task(f"t{n}", x.app, x.process, x.index, x.release, "running", x.agent_id, True)
+            Task(f"t{n}", x.app, x.process, x.index, x.release, "running", x.agent_id, healthy=True)
             for n, x in enumerate(result.launches)
         ]
         start = time.perf_counter()

@@ -169,8 +169,9 @@ class MesosSchedulerDriver:
         and its tasks for `failover_timeout`; without, TEARDOWN kills every task."""
         if not failover:
             self._call({"type": "TEARDOWN"})
-        self._stop.set()
-        response = self._response
+        with self._lock:  # pairs with the check in _subscribe_once: no stream is missed
+            self._stop.set()
+            response = self._response
         if response is not None:
             _interrupt(response)
         self.join()
@@ -220,7 +221,12 @@ class MesosSchedulerDriver:
             allow_redirects=False,
             timeout=(self._connect_timeout, self.heartbeat_interval * self._missed),
         )
-        self._response = response
+        with self._lock:
+            self._response = response
+            stopping = self._stop.is_set()
+        if stopping:
+            response.close()
+            return False
         with response:
             if response.status_code == 307:
                 location = response.headers.get("Location", "")

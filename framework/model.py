@@ -199,6 +199,57 @@ class Release:
         return {**self.summary_json(), "config": dict(self.config)}
 
 
+TERMINAL_STATES = frozenset({"finished", "failed", "killed", "lost", "gone", "error", "dropped"})
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One running (or ended) process instance: slot `process.index` of an app's release.
+
+    `state` is Mesos's task state in Berth's words: staging (launched, no news yet), starting,
+    running, killing, or a terminal one (TERMINAL_STATES)."""
+
+    id: str
+    app: str
+    process: str
+    index: int
+    release: int
+    state: str
+    agent_id: str = ""
+    hostname: str = ""
+    port: int = 0
+    healthy: bool | None = None  # None: no check reported
+    started_at: float = 0.0  # epoch seconds; 0 until running
+    updated_at: float = 0.0
+    exit_code: int | None = None
+    message: str = ""
+
+    @property
+    def slot(self) -> tuple[str, str, int]:
+        return (self.app, self.process, self.index)
+
+    @property
+    def live(self) -> bool:
+        return self.state not in TERMINAL_STATES
+
+    @property
+    def serving(self) -> bool:
+        return self.state == "running" and self.healthy is not False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "app": self.app, "process": self.process, "index": self.index,
+            "release": self.release, "state": self.state, "agent_id": self.agent_id,
+            "hostname": self.hostname, "port": self.port, "healthy": self.healthy,
+            "started_at": self.started_at, "updated_at": self.updated_at,
+            "exit_code": self.exit_code, "message": self.message,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Task:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
 @dataclass(frozen=True, slots=True)
 class Token:
     """An API token as stored: its public id, and only a hash of the secret token."""

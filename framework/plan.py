@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-TERMINAL = frozenset({"finished", "failed", "killed", "lost", "gone", "error", "dropped"})
+from berth.framework.model import Task
 
 BACKOFF_FIRST = 10.0
 BACKOFF_MAX = 300.0
@@ -69,31 +69,6 @@ class Desired:
     release: int
     formation: Mapping[str, int]
     needs: Mapping[str, Resources]
-
-
-@dataclass(frozen=True, slots=True)
-class Task:
-    id: str
-    app: str
-    process: str
-    index: int
-    release: int
-    state: str  # staging, starting, running, killing, or one of TERMINAL
-    agent_id: str = ""
-    healthy: bool | None = None  # None: no check reported
-    started_at: float = 0.0
-
-    @property
-    def slot(self) -> tuple[str, str, int]:
-        return (self.app, self.process, self.index)
-
-    @property
-    def live(self) -> bool:
-        return self.state not in TERMINAL
-
-    @property
-    def serving(self) -> bool:
-        return self.state == "running" and self.healthy is not False
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,10 @@ The znode tree, under the chroot given by `--zk HOSTS/chroot` (default `/berth`)
     /tokens/<id>                   {"id", "digest" (SHA-256 of the token), "description", …}
     /apps/<name>                   {"name", "created_at", "release": N}: N is the newest release
     /apps/<name>/formation         {"web": 1, …}: process type → quantity
+    /framework/id                  {"id": …}: the Mesos FrameworkInfo id, kept across failovers
+    /framework/election/…          leader election (leader.py)
+    /tasks/<task id>               one znode per task the framework launched: model.Task's JSON;
+                                   ids start with "<app>." so an app's tasks are found by prefix
     /apps/<name>/releases/<N>      one immutable znode per release, N zero-padded to 10 digits:
                                    {"version", "description", "created_by", "created_at",
                                     "artifact", "process_types", "config": "v1:<key id>:<sealed>",
@@ -60,6 +64,7 @@ from berth.framework.model import (
     App,
     Artifact,
     Release,
+    Task,
     Token,
     apply_config_changes,
     describe_config_changes,
@@ -87,6 +92,19 @@ def _dump(data: dict[str, Any]) -> bytes:
 def _load(raw: bytes) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(raw)
     return data
+
+
+def ensure_chroot(hosts: str, chroot: str, wait: float = 15.0) -> None:
+    """Create the chroot znode (kazoo cannot work under a chroot that does not exist)."""
+    root = KazooClient(hosts=hosts, timeout=10.0)
+    try:
+        root.start(timeout=wait)
+        root.ensure_path(chroot)
+    except root.handler.timeout_exception:
+        raise Unavailable(f"ZooKeeper at {hosts} did not answer in {wait:.0f}s") from None
+    finally:
+        root.stop()
+        root.close()
 
 
 def _release_path(app: str, version: int) -> str:
@@ -122,29 +140,18 @@ class Store:
     def start(self, wait: float = 15.0) -> None:
         """Connect, create the chroot and the base znodes. Raises Unavailable if ZooKeeper
         cannot be reached within `wait` seconds."""
-        self._ensure_chroot(wait)
+        ensure_chroot(self._hosts, self._chroot, wait)
         try:
             self._zk.start(timeout=wait)
         except self._zk.handler.timeout_exception:
             self._zk.stop()
             raise Unavailable(f"ZooKeeper at {self._hosts} did not answer in {wait:.0f}s") from None
         with self._mapped("set up the znode tree"):
-            for path in ("/apps", "/tokens"):
+            for path in ("/apps", "/tokens", "/tasks", "/framework"):
                 self._zk.ensure_path(path)
             if self._zk.exists("/meta") is None:
                 with suppress(NodeExistsError):
                     self._zk.create("/meta", _dump({"schema": SCHEMA}))
-
-    def _ensure_chroot(self, wait: float) -> None:
-        root = KazooClient(hosts=self._hosts, timeout=10.0)
-        try:
-            root.start(timeout=wait)
-            root.ensure_path(self._chroot)
-        except root.handler.timeout_exception:
-            raise Unavailable(f"ZooKeeper at {self._hosts} did not answer in {wait:.0f}s") from None
-        finally:
-            root.stop()
-            root.close()
 
     def connect_in_background(self) -> None:
         """Start connecting without waiting (the chroot must exist): requests wait for the
@@ -484,6 +491,60 @@ class Store:
             log.info("formation changed", extra={"app": app, "formation": formation})
             return {k: int(v) for k, v in formation.items()}
         raise Conflict(f"the formation of {app} is changing too fast; try again")
+
+    # -- framework and tasks (written only by the leading `berth framework`) ----------------
+
+    def framework_id(self) -> str | None:
+        with self._mapped("read the framework id"):
+            try:
+                data, _ = self._get("/framework/id")
+            except NoNodeError:
+                return None
+        value = data.get("id")
+        return str(value) if value else None
+
+    def set_framework_id(self, value: str | None) -> None:
+        """Remember the id Mesos gave (None forgets it, after the master removed the framework)."""
+        with self._mapped("save the framework id"):
+            if value is None:
+                with suppress(NoNodeError):
+                    self._zk.delete("/framework/id")
+                return
+            data = _dump({"id": value})
+            try:
+                self._zk.set_async("/framework/id", data).get(timeout=self._timeout)
+            except NoNodeError:
+                self._zk.create_async("/framework/id", data).get(timeout=self._timeout)
+
+    def put_task(self, task: Task) -> None:
+        with self._mapped(f"save task {task.id}"):
+            data = _dump(task.to_json())
+            try:
+                self._zk.set_async(f"/tasks/{task.id}", data).get(timeout=self._timeout)
+            except NoNodeError:
+                self._zk.create_async(f"/tasks/{task.id}", data).get(timeout=self._timeout)
+
+    def delete_task(self, task_id: str) -> None:
+        with self._mapped(f"forget task {task_id}"), suppress(NoNodeError):
+            self._zk.delete_async(f"/tasks/{task_id}").get(timeout=self._timeout)
+
+    def list_tasks(self, app: str | None = None) -> list[Task]:
+        """Every task record, or an app's, sorted by process, index and id."""
+        with self._mapped("list tasks"):
+            ids = self._zk.get_children_async("/tasks").get(timeout=self._timeout)
+            if app is not None:
+                ids = [i for i in ids if i.startswith(f"{app}.")]
+            pending = [self._zk.get_async(f"/tasks/{i}") for i in ids]
+            tasks = []
+            for result in pending:
+                try:
+                    data, _ = result.get(timeout=self._timeout)
+                except NoNodeError:
+                    continue
+                task = Task.from_json(_load(data))
+                if app is None or task.app == app:
+                    tasks.append(task)
+        return sorted(tasks, key=lambda t: (t.app, t.process, t.index, t.id))
 
     # -- tokens ------------------------------------------------------------------------------
 

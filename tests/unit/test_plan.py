@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
+from berth.framework.model import Task
 from berth.framework.plan import (
     BACKOFF_MAX,
     EXECUTOR,
@@ -11,7 +13,6 @@ from berth.framework.plan import (
     Desired,
     Offer,
     Resources,
-    Task,
     backoff_after_exit,
     plan,
 )
@@ -32,7 +33,7 @@ def task(index: int, release: int = 2, state: str = "running", healthy: bool | N
          process: str = "web", app: str = "shop", agent: str = "a1", started: float = 0.0,
          ) -> Task:  # fmt: skip
     return Task(f"{app}.{process}.{index}.v{release}", app, process, index, release, state,
-                agent, healthy, started)  # fmt: skip
+                agent_id=agent, healthy=healthy, started_at=started)  # fmt: skip
 
 
 def test_scale_up_launches_one_task_per_missing_slot_with_ports_from_the_offer() -> None:
@@ -111,8 +112,7 @@ def test_deploy_starts_new_before_old_one_slot_at_a_time() -> None:
 
 def test_duplicates_are_killed_keeping_a_serving_older_one() -> None:
     tasks = [task(1, started=5.0), task(1, started=1.0, agent="a2"), task(1, healthy=False)]
-    tasks = [Task(f"t{n}", *t.slot, t.release, t.state, t.agent_id, t.healthy, t.started_at)
-             for n, t in enumerate(tasks)]  # fmt: skip
+    tasks = [replace(t, id=f"t{n}") for n, t in enumerate(tasks)]  # fmt: skip
     assert sorted(plan([want(web=1)], tasks, [], {}, now=0).kills) == ["t0", "t2"]
 
 
