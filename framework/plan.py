@@ -31,6 +31,10 @@ from dataclasses import dataclass, field
 
 from berth.framework.model import Task
 
+# Tasks that no longer hold their slot: being killed, or on an agent out of reach (it may still
+# run; if it comes back it is a duplicate and is killed then).
+_LEAVING = frozenset({"killing", "unreachable"})
+
 BACKOFF_FIRST = 10.0
 BACKOFF_MAX = 300.0
 BACKOFF_RESET_AFTER = 600.0
@@ -175,7 +179,7 @@ def plan(
             surging = 0
             to_replace: list[int] = []
             for index in range(1, quantity + 1):
-                live = [t for t in slots.get(index, ()) if t.state != "killing"]
+                live = [t for t in slots.get(index, ()) if t.state not in _LEAVING]
                 current = [t for t in live if t.release == want.release]
                 old = [t for t in live if t.release != want.release]
                 if current:

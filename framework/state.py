@@ -41,7 +41,7 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from typing import Any
@@ -434,6 +434,27 @@ class Store:
             return replace(
                 newest,
                 config=apply_config_changes(newest.config, changes),
+                description=description,
+                created_by=created_by,
+            )
+
+        return self._append_release(app, make)
+
+    def deploy(
+        self,
+        app: str,
+        artifact: Artifact,
+        process_types: Mapping[str, str],
+        description: str,
+        created_by: str,
+    ) -> Release:
+        """A new release running `artifact`, keeping the current config."""
+
+        def make(newest: Release) -> Release:
+            return replace(
+                newest,
+                artifact=artifact,
+                process_types=dict(process_types),
                 description=description,
                 created_by=created_by,
             )

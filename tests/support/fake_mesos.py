@@ -65,6 +65,12 @@ class FakeMaster:
         self._thread.start()
 
     def _stream(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        # Each subscription has its own queue; a newer one ends the older stream, as a master
+        # does when a framework subscribes again.
+        events: queue.Queue[object] = queue.Queue()
+        with self._subscribed:
+            self._events.put(_CLOSE)
+            self._events = events
         self.stream_id = str(uuid.uuid4())
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
@@ -75,7 +81,7 @@ class FakeMaster:
             self.subscribes.append(body)
             self._subscribed.notify_all()
         while True:
-            event = self._events.get()
+            event = events.get()
             if event is _CLOSE:
                 handler.wfile.write(b"0\r\n\r\n")
                 handler.wfile.flush()

@@ -156,3 +156,11 @@ def test_many_apps_and_process_types() -> None:
         placed = [launch for launch in result.launches if launch.offer_id == o.id]
         total = sum(launch.resources.mem + EXECUTOR.mem for launch in placed)
         assert total <= o.resources.mem
+
+
+def test_an_unreachable_task_is_replaced_and_killed_if_it_comes_back() -> None:
+    gone = task(1, state="unreachable", agent="a1", started=1.0)
+    result = plan([want(web=1)], [gone], [offer(2)], {}, now=0)
+    assert [launch.index for launch in result.launches] == [1]
+    back = [replace(gone, state="running"), replace(task(1, agent="a2", started=5.0), id="new")]
+    assert plan([want(web=1)], back, [], {}, now=0).kills == ["new"]

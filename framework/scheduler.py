@@ -1,0 +1,398 @@
+"""The framework's scheduler: one thread that owns all scheduling state and makes what the
+formations say should run, run.
+
+Threads: the driver's thread only calls `Events`' callbacks, which put events on a queue. The
+scheduler thread (`Scheduler.run`) drains that queue, saves task state to ZooKeeper, and only
+then acknowledges status updates; it reads the desired state (apps, releases, formations), asks
+`plan.plan` what to do with the offers it holds, and acts through the driver (launch, kill,
+decline, SUPPRESS/REVIVE, RECONCILE). It stops at once when its fence is set (leadership lost or
+shutdown), leaving the driver to fail over: never TEARDOWN.
+
+Rules beyond plan.py:
+- after every (re)registration: explicit reconciliation of the tasks it knows, then implicit;
+  implicit again every `reconcile_every` seconds; a task the master reports that Berth does not
+  know is killed;
+- FAILED, or FINISHED of a formation process, is a crash: the slot backs off (plan.py);
+  LOST/GONE/DROPPED/ERROR/UNREACHABLE are replaced at once;
+- apps are planned only from a complete, successful read of the desired state: a ZooKeeper
+  hiccup never looks like "every app was deleted".
+Must not import berth.api, berth.cli or berth.executor.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from addict import Dict
+
+from berth.framework import mesos
+from berth.framework.errors import BerthError
+from berth.framework.model import TERMINAL_STATES, Release, Task
+from berth.framework.plan import Backoff, Desired, Offer, Plan, Resources, backoff_after_exit, plan
+from berth.framework.state import Store
+from berth.framework.taskinfo import HealthCheck, Payload, build_task_info, task_env
+
+log = logging.getLogger(__name__)
+
+STATES = {
+    "TASK_STAGING": "staging",
+    "TASK_STARTING": "starting",
+    "TASK_RUNNING": "running",
+    "TASK_KILLING": "killing",
+    "TASK_FINISHED": "finished",
+    "TASK_FAILED": "failed",
+    "TASK_KILLED": "killed",
+    "TASK_ERROR": "error",
+    "TASK_LOST": "lost",
+    "TASK_DROPPED": "dropped",
+    "TASK_GONE": "gone",
+    "TASK_GONE_BY_OPERATOR": "gone",
+    "TASK_UNKNOWN": "gone",
+    "TASK_UNREACHABLE": "unreachable",
+}
+CRASHES = frozenset({"failed", "finished"})
+DEFAULT_NEEDS = Resources(cpus=0.25, mem=256.0, disk=0.0)
+REVIVE_EVERY = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    instance: str  # this Berth's id: labels its containers
+    grace_seconds: float = 30.0
+    reconcile_every: float = 600.0
+    desired_every: float = 1.0
+    executor_command: list[str] | None = None
+    decline_busy: float = 5.0  # refuse_seconds when something waits for a better offer
+    decline_idle: float = 120.0
+
+
+class Events(mesos.Scheduler):
+    """The driver's callbacks: each becomes an event on the queue, nothing more."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[tuple[str, tuple[Any, ...]]] = queue.Queue()
+
+    def _put(self, kind: str, *args: Any) -> None:
+        self.queue.put((kind, args))
+
+    def registered(self, driver: Any, framework_id: Dict, master_info: Dict) -> None:
+        self._put("registered", str(framework_id.value))
+
+    def reregistered(self, driver: Any, master_info: Dict) -> None:
+        self._put("registered", None)
+
+    def disconnected(self, driver: Any) -> None:
+        self._put("disconnected")
+
+    def resourceOffers(self, driver: Any, offers: list[Dict]) -> None:
+        self._put("offers", offers)
+
+    def offerRescinded(self, driver: Any, offer_id: Dict) -> None:
+        self._put("rescind", str(offer_id.value))
+
+    def statusUpdate(self, driver: Any, status: Dict) -> None:
+        self._put("update", status)
+
+    def error(self, driver: Any, message: str) -> None:
+        self._put("error", message)
+
+
+def to_offer(offer: Dict) -> Offer:
+    cpus = mem = disk = 0.0
+    ports: list[tuple[int, int]] = []
+    for r in offer.resources or []:
+        if r.name == "cpus":
+            cpus += float(r.scalar.value)
+        elif r.name == "mem":
+            mem += float(r.scalar.value)
+        elif r.name == "disk":
+            disk += float(r.scalar.value)
+        elif r.name == "ports":
+            ports.extend((int(x.begin), int(x.end)) for x in r.ranges.range or [])
+    return Offer(
+        id=str(offer.id.value),
+        agent_id=str(offer.agent_id.value),
+        hostname=str(offer.hostname),
+        resources=Resources(cpus, mem, disk),
+        ports=tuple(ports),
+    )
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        events: Events,
+        driver: mesos.SchedulerDriver,
+        options: Options,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._events = events
+        self._driver = driver
+        self._options = options
+        self._clock = clock
+        self._tasks: dict[str, Task] = {}
+        self._backoffs: dict[tuple[str, str, int], Backoff] = {}
+        self._offers: dict[str, Offer] = {}
+        self._desired: list[Desired] | None = None
+        self._releases: dict[tuple[str, int], Release] = {}
+        self._desired_at = 0.0
+        self._reconciled_at = 0.0
+        self._suppressed = False
+        self._revived_at = 0.0
+        self._registered = False
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, fence: threading.Event) -> None:
+        """Until the fence is set: handle events, then plan and act."""
+        for task in self._store.list_tasks():
+            self._tasks[task.id] = task
+        log.info("scheduler starting", extra={"tasks": len(self._tasks)})
+        while not fence.is_set():
+            try:
+                kind, args = self._events.queue.get(timeout=0.5)
+            except queue.Empty:
+                pass
+            else:
+                self._handle(kind, args)
+                while not fence.is_set():
+                    try:
+                        kind, args = self._events.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    self._handle(kind, args)
+            if fence.is_set():
+                break
+            try:
+                self._step()
+            except BerthError as exc:  # ZooKeeper away: act on nothing this round
+                log.warning("scheduling round skipped: %s", exc.message)
+        log.info("scheduler stopped acting")
+
+    def _handle(self, kind: str, args: tuple[Any, ...]) -> None:
+        try:
+            getattr(self, f"_on_{kind}")(*args)
+        except BerthError as exc:
+            log.error("could not handle %s: %s", kind, exc.message)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _on_registered(self, framework_id: str | None) -> None:
+        if framework_id is not None:
+            self._store.set_framework_id(framework_id)
+        self._registered = True
+        self._offers.clear()
+        self._suppressed = False
+        known = [
+            {"task_id": {"value": t.id}, "agent_id": {"value": t.agent_id}}
+            for t in self._tasks.values()
+            if t.live and t.agent_id
+        ]
+        if known:
+            self._driver.reconcileTasks(known)
+        self._driver.reconcileTasks([])
+        self._reconciled_at = self._clock()
+
+    def _on_disconnected(self) -> None:
+        self._registered = False
+        self._offers.clear()  # offers die with the connection
+
+    def _on_offers(self, offers: list[Dict]) -> None:
+        for offer in offers:
+            converted = to_offer(offer)
+            self._offers[converted.id] = converted
+
+    def _on_rescind(self, offer_id: str) -> None:
+        self._offers.pop(offer_id, None)
+
+    def _on_error(self, message: str) -> None:
+        if "removed" in message.lower():
+            log.error("the master removed this framework; registering anew")
+            self._store.set_framework_id(None)
+            forget = getattr(self._driver, "forget_framework_id", None)
+            if forget is not None:
+                forget()
+
+    def _on_update(self, status: Dict) -> None:
+        task_id = str(status.task_id.value)
+        state = STATES.get(str(status.state), "gone")
+        now = self._clock()
+        task = self._tasks.get(task_id)
+        if task is None:
+            if state not in TERMINAL_STATES:
+                log.warning("killing unknown task %s", task_id, extra={"task": task_id})
+                agent = str(status.agent_id.value) if status.agent_id else None
+                self._driver.killTask(task_id, agent, self._options.grace_seconds)
+            self._driver.acknowledgeStatusUpdate(status)
+            return
+        data = _status_data(status)
+        updated = replace(
+            task,
+            state=state,
+            agent_id=str(status.agent_id.value) if status.agent_id else task.agent_id,
+            healthy=status.healthy if isinstance(status.healthy, bool) else task.healthy,
+            updated_at=now,
+            started_at=task.started_at or (now if state == "running" else 0.0),
+            message=str(status.message or task.message),
+            exit_code=data.get("exit_code", task.exit_code),
+        )
+        if state in CRASHES and task.state != "killing":
+            slot = task.slot
+            backoff = backoff_after_exit(
+                self._backoffs.get(slot), task.release, now, now - (task.started_at or now)
+            )
+            self._backoffs[slot] = backoff
+            updated = replace(updated, message=_crash_message(updated, data, backoff, now))
+        self._tasks[task_id] = updated
+        self._store.put_task(updated)  # saved before acknowledged
+        self._driver.acknowledgeStatusUpdate(status)
+        log.info(
+            "task %s %s",
+            task_id,
+            state,
+            extra={"task": task_id, "state": state, "reason": str(status.reason or "")},
+        )
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        now = self._clock()
+        if self._registered and now - self._reconciled_at > self._options.reconcile_every:
+            self._driver.reconcileTasks([])
+            self._reconciled_at = now
+        if self._desired is None or now - self._desired_at > self._options.desired_every:
+            self._desired = self._read_desired()
+            self._desired_at = now
+        self._forget_ended(now)
+        if not self._registered:
+            return
+        decided = plan(
+            self._desired, self._tasks.values(), list(self._offers.values()), self._backoffs, now
+        )
+        self._act(decided, now)
+
+    def _read_desired(self) -> list[Desired]:
+        desired = []
+        for app in self._store.list_apps():
+            release = self._release(app.name, app.release)
+            formation = self._store.get_formation(app.name)
+            if release.artifact is None:
+                formation = {}  # nothing to run until a build or an image deploy
+            needs = dict.fromkeys(formation, DEFAULT_NEEDS)
+            desired.append(Desired(app.name, release.version, formation, needs))
+        return desired
+
+    def _release(self, app: str, version: int) -> Release:
+        key = (app, version)
+        if key not in self._releases:
+            self._releases[key] = self._store.get_release(app, version)
+        return self._releases[key]
+
+    def _act(self, decided: Plan, now: float) -> None:
+        by_offer: dict[str, list[dict[str, Any]]] = {}
+        for launch in decided.launches:
+            release = self._release(launch.app, launch.release)
+            assert release.artifact is not None
+            command = release.process_types.get(launch.process) or ""
+            payload = Payload(
+                app=launch.app,
+                process=launch.process,
+                index=launch.index,
+                release=launch.release,
+                image=release.artifact.ref,
+                command=["/bin/sh", "-c", command] if command else None,
+                env=task_env(release.config, launch.app, launch.process, launch.index,
+                             launch.release, launch.port),
+                port=launch.port,
+                memory_mb=int(launch.resources.mem),
+                cpus=launch.resources.cpus,
+                instance=self._options.instance,
+                grace_seconds=self._options.grace_seconds,
+                health=HealthCheck("tcp" if launch.process == "web" else "none"),
+            )  # fmt: skip
+            info = build_task_info(
+                launch,
+                self._store.framework_id() or "",
+                payload,
+                executor_command=self._options.executor_command,
+            )
+            task = Task(
+                id=info["task_id"]["value"], app=launch.app, process=launch.process,
+                index=launch.index, release=launch.release, state="staging",
+                agent_id=launch.agent_id, hostname=launch.hostname, port=launch.port,
+                updated_at=now,
+            )  # fmt: skip
+            self._tasks[task.id] = task
+            self._store.put_task(task)  # known before launched: an update can't be "unknown"
+            by_offer.setdefault(launch.offer_id, []).append(info)
+        for offer_id, infos in by_offer.items():
+            self._offers.pop(offer_id, None)
+            if not self._driver.launchTasks([offer_id], infos, {"refuse_seconds": 1.0}):
+                for info in infos:
+                    self._lost(info["task_id"]["value"], "the launch did not reach the master")
+        for task_id in decided.kills:
+            task = self._tasks[task_id]
+            self._driver.killTask(task_id, task.agent_id or None, self._options.grace_seconds)
+            self._tasks[task_id] = replace(task, state="killing", updated_at=now)
+        if decided.declines:
+            refuse = (
+                self._options.decline_busy if decided.wants_offers else self._options.decline_idle
+            )
+            for offer_id in decided.declines:
+                self._offers.pop(offer_id, None)
+            self._driver.declineOffer(decided.declines, {"refuse_seconds": refuse})
+        if decided.wants_offers and self._suppressed and now - self._revived_at > REVIVE_EVERY:
+            self._driver.reviveOffers()
+            self._suppressed = False
+            self._revived_at = now
+        elif not decided.wants_offers and not self._suppressed and not decided.launches:
+            self._driver.suppressOffers()
+            self._suppressed = True
+
+    def _lost(self, task_id: str, message: str) -> None:
+        task = replace(self._tasks[task_id], state="lost", message=message)
+        self._tasks[task_id] = task
+        self._store.put_task(task)
+
+    def _forget_ended(self, now: float, keep: float = 300.0) -> None:
+        """Ended tasks stay visible (`ps` shows crashes) for `keep` seconds, or until their
+        slot has a newer task; then their records go."""
+        live_slots = {t.slot for t in self._tasks.values() if t.live}
+        for task in list(self._tasks.values()):
+            if task.live:
+                continue
+            if now - task.updated_at > keep or task.slot in live_slots:
+                del self._tasks[task.id]
+                self._store.delete_task(task.id)
+
+
+def _status_data(status: Dict) -> dict[str, Any]:
+    """The executor's JSON in TaskStatus.data (exit code, OOM, port, container)."""
+    if not status.data:
+        return {}
+    try:
+        data = json.loads(base64.b64decode(str(status.data)))
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _crash_message(task: Task, data: dict[str, Any], backoff: Backoff, now: float) -> str:
+    if data.get("oom"):
+        what = "crashed: out of memory"
+    elif task.state == "finished":
+        what = "exited (code 0)"
+    else:
+        what = f"crashed (exit {data.get('exit_code', '?')})"
+    wait = backoff.not_before - now
+    return f"{what}; restarting in {wait:.0f}s" if wait >= 1 else f"{what}; restarting now"

@@ -1,0 +1,175 @@
+"""The scheduler loop end to end against a master that speaks the v1 wire format, with real
+ZooKeeper state: formations become ACCEPTs with Berth's TaskInfos, updates are saved then
+acknowledged, crashes back off, scale-down kills, nothing pending means SUPPRESS, and a new
+leader re-registers as the same framework and reconciles what it knows."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from berth.framework.mesos import MesosSchedulerDriver
+from berth.framework.model import Artifact
+from berth.framework.scheduler import Events, Options, Scheduler
+from berth.framework.sealing import Sealer, load_or_create_key
+from berth.framework.state import Store
+from berth.framework.taskinfo import Payload
+from tests.support.fake_mesos import FakeMaster
+from tests.support.services import ZooKeeper
+
+pytestmark = pytest.mark.zookeeper
+
+FRAMEWORK = {"user": "berth", "name": "berth", "failover_timeout": 604800.0,
+             "checkpoint": True}  # fmt: skip
+
+
+def offer(n: int) -> dict[str, Any]:
+    return {
+        "id": {"value": f"o{n}"}, "framework_id": {"value": "fw-1"},
+        "agent_id": {"value": "a1"}, "hostname": "agent1",
+        "resources": [
+            {"name": "cpus", "type": "SCALAR", "scalar": {"value": 4.0}},
+            {"name": "mem", "type": "SCALAR", "scalar": {"value": 8192.0}},
+            {"name": "ports", "type": "RANGES",
+             "ranges": {"range": [{"begin": 31000, "end": 31010}]}},
+        ],
+    }  # fmt: skip
+
+
+def update(task_id: str, state: str, uuid: str = "AAEC", **extra: Any) -> dict[str, Any]:
+    status = {"task_id": {"value": task_id}, "state": state, "source": "SOURCE_EXECUTOR",
+              "agent_id": {"value": "a1"}, "uuid": uuid, **extra}  # fmt: skip
+    return {"type": "UPDATE", "update": {"status": status}}
+
+
+class Running:
+    """A scheduler (leader) running in a thread, as `berth framework` runs it."""
+
+    def __init__(self, store: Store, master: FakeMaster) -> None:
+        framework = dict(FRAMEWORK)
+        if fid := store.framework_id():
+            framework["id"] = {"value": fid}
+        self.events = Events()
+        self.driver = MesosSchedulerDriver(self.events, framework, master.address,
+                                           backoff_max=0.3)  # fmt: skip
+        self.fence = threading.Event()
+        options = Options(instance="test", grace_seconds=2.0, desired_every=0.1)
+        self.scheduler = Scheduler(store, self.events, self.driver, options)
+        self.thread = threading.Thread(target=self.scheduler.run, args=(self.fence,))
+        self.driver.start()
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.fence.set()
+        self.thread.join(10)
+        self.driver.stop(failover=True)
+
+
+@pytest.fixture
+def store(zookeeper: ZooKeeper, chroot: str, tmp_path: Path) -> Iterator[Store]:
+    s = Store(zookeeper.hosts, chroot, Sealer(load_or_create_key(tmp_path)))
+    s.start()
+    yield s
+    s.stop()
+
+
+def wait_for(what: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def calls_of(master: FakeMaster, kind: str) -> list[dict[str, Any]]:
+    return [c for c in master.calls if c["type"] == kind]
+
+
+def test_formation_to_tasks_and_back(store: Store) -> None:
+    store.create_app("shop", "test")
+    store.set_config("shop", {"GREETING": "hi"}, "test")
+    store.deploy("shop", Artifact("image", "shop:v1"), {"web": ""}, "Deploy shop:v1", "test")
+    store.scale("shop", {"web": 2})
+    master = FakeMaster()
+    leader = Running(store, master)
+    try:
+        master.wait_subscribes(1)
+        master.subscribed("fw-1")
+        wait_for(lambda: store.framework_id() == "fw-1")
+        wait_for(lambda: calls_of(master, "RECONCILE"))
+
+        master.send({"type": "OFFERS", "offers": {"offers": [offer(1)]}})
+        accept = wait_for(lambda: calls_of(master, "ACCEPT"))[0]["accept"]
+        assert accept["offer_ids"] == [{"value": "o1"}]
+        infos = accept["operations"][0]["launch"]["task_infos"]
+        assert [i["name"] for i in infos] == ["shop web.1 v3", "shop web.2 v3"]
+        payload = Payload.decode(infos[0]["data"])
+        assert payload.image == "shop:v1"
+        assert payload.env["GREETING"] == "hi"
+        assert payload.env["PORT"] == str(payload.port)
+        ids = [i["task_id"]["value"] for i in infos]
+        assert {t.id: t.state for t in store.list_tasks("shop")} == dict.fromkeys(ids, "staging")
+
+        for n, tid in enumerate(ids):
+            master.send(update(tid, "TASK_RUNNING", uuid=f"u{n}", healthy=True))
+        acks = wait_for(lambda: len(calls_of(master, "ACKNOWLEDGE")) == 2 and
+                        calls_of(master, "ACKNOWLEDGE"))  # fmt: skip
+        assert [a["acknowledge"]["uuid"] for a in acks] == ["u0", "u1"]
+        assert {t.state for t in store.list_tasks("shop")} == {"running"}
+        wait_for(lambda: calls_of(master, "SUPPRESS"))  # nothing pending
+
+        # a crash: relaunched at once, then a second crash backs off
+        data = base64.b64encode(json.dumps({"exit_code": 3}).encode()).decode()
+        master.send(update(ids[0], "TASK_FAILED", uuid="f1", data=data))
+        wait_for(lambda: calls_of(master, "REVIVE"))
+        master.send({"type": "OFFERS", "offers": {"offers": [offer(2)]}})
+        relaunch = wait_for(lambda: len(calls_of(master, "ACCEPT")) == 2 and
+                            calls_of(master, "ACCEPT"))[1]  # fmt: skip
+        new_id = relaunch["accept"]["operations"][0]["launch"]["task_infos"][0]["task_id"]["value"]
+        assert new_id.startswith("shop.web.1.v3.")
+        master.send(update(new_id, "TASK_FAILED", uuid="f2", data=data))
+        crashed = wait_for(lambda: [t for t in store.list_tasks("shop")
+                                    if t.id == new_id and t.state == "failed"])[0]  # fmt: skip
+        assert crashed.exit_code == 3
+        assert "crashed (exit 3); restarting in 10s" in crashed.message
+
+        # scale down: the highest slot is killed with the grace period
+        store.scale("shop", {"web": 1})
+        kill = wait_for(lambda: calls_of(master, "KILL"))[0]["kill"]
+        assert kill["task_id"] == {"value": ids[1]}
+        assert kill["kill_policy"] == {"grace_period": {"nanoseconds": 2_000_000_000}}
+
+        # a task Berth does not know is killed
+        master.send(update("stranger.web.1.v1.x", "TASK_RUNNING", uuid="s1"))
+        wait_for(lambda: any(k["kill"]["task_id"]["value"] == "stranger.web.1.v1.x"
+                             for k in calls_of(master, "KILL")))  # fmt: skip
+    finally:
+        leader.stop()
+    assert not calls_of(master, "TEARDOWN")
+
+    # failover: a new leader subscribes as the same framework and reconciles what it knows
+    calls_before = len(master.calls)
+    successor = Running(store, master)
+    try:
+        body = master.wait_subscribes(2)
+        assert body["framework_id"] == {"value": "fw-1"}
+        master.subscribed("fw-1")
+        reconciles = wait_for(lambda: [c for c in master.calls[calls_before:]
+                                       if c["type"] == "RECONCILE"])  # fmt: skip
+        explicit = reconciles[0]["reconcile"]["tasks"]
+        assert {"task_id": {"value": ids[0]}, "agent_id": {"value": "a1"}} not in explicit
+        assert {t["task_id"]["value"] for t in explicit} >= {ids[1]}
+        wait_for(lambda: len([c for c in master.calls[calls_before:]
+                              if c["type"] == "RECONCILE"]) >= 2)  # fmt: skip
+    finally:
+        successor.stop()
+        master.stop()
