@@ -10,7 +10,15 @@ import time
 
 from flask import Flask, Response, g, request
 
-from berth.api import auth, errors, routes_apps, routes_meta, routes_releases, routes_tokens
+from berth.api import (
+    auth,
+    errors,
+    routes_apps,
+    routes_meta,
+    routes_ps,
+    routes_releases,
+    routes_tokens,
+)
 from berth.api.context import SETTINGS, STORE
 from berth.framework.settings import Settings
 from berth.framework.state import Store
@@ -26,7 +34,7 @@ def create_app(store: Store, settings: Settings) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[STORE] = store
     app.extensions[SETTINGS] = settings
-    for module in (routes_meta, routes_apps, routes_releases, routes_tokens):
+    for module in (routes_meta, routes_apps, routes_releases, routes_ps, routes_tokens):
         app.register_blueprint(module.bp)
 
     @app.before_request

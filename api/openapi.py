@@ -125,6 +125,41 @@ def document(version: str) -> dict[str, Any]:
                     "Scale process types", {"200": _json(_INT_MAP)}, requestBody=_body(_INT_MAP)
                 ),
             },
+            "/v1/apps/{app}/ps": {
+                "parameters": [_APP],
+                "get": _op(
+                    "The app's processes (tasks) and formation",
+                    {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "formation": _INT_MAP,
+                                    "tasks": {"type": "array", "items": _ref("Task")},
+                                },
+                            }
+                        )
+                    },
+                ),
+            },
+            "/v1/apps/{app}/deploy": {
+                "parameters": [_APP],
+                "post": _op(
+                    "A release from a local Docker image (its CMD becomes web unless process"
+                    " types are given); the first deploy scales web=1",
+                    {"201": _json(_ref("Release"), "Created")},
+                    requestBody=_body(
+                        {
+                            "type": "object",
+                            "required": ["image"],
+                            "properties": {
+                                "image": {"type": "string"},
+                                "process_types": _STRING_MAP,
+                            },
+                        }
+                    ),
+                ),
+            },
             "/v1/tokens": {
                 "get": _op(
                     "List tokens", {"200": _json({"type": "array", "items": _ref("Token")})}
@@ -199,6 +234,24 @@ def document(version: str) -> dict[str, Any]:
                         "process_types": _STRING_MAP,
                         "config_keys": {"type": "array", "items": {"type": "string"}},
                         "config": _STRING_MAP,
+                    },
+                },
+                "Task": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "process": {"type": "string"},
+                        "index": {"type": "integer"},
+                        "release": {"type": "integer"},
+                        "state": {"type": "string"},
+                        "healthy": {"type": "boolean", "nullable": True},
+                        "uptime": {"type": "number", "nullable": True},
+                        "exit_code": {"type": "integer", "nullable": True},
+                        "message": {"type": "string"},
+                        "hostname": {"type": "string"},
+                        "port": {"type": "integer"},
+                        "agent_id": {"type": "string"},
                     },
                 },
                 "Token": {

@@ -311,15 +311,21 @@ class Scheduler:
                 release=launch.release,
                 image=release.artifact.ref,
                 command=["/bin/sh", "-c", command] if command else None,
-                env=task_env(release.config, launch.app, launch.process, launch.index,
-                             launch.release, launch.port),
+                env=task_env(
+                    release.config,
+                    launch.app,
+                    launch.process,
+                    launch.index,
+                    launch.release,
+                    launch.port,
+                ),
                 port=launch.port,
                 memory_mb=int(launch.resources.mem),
                 cpus=launch.resources.cpus,
                 instance=self._options.instance,
                 grace_seconds=self._options.grace_seconds,
                 health=HealthCheck("tcp" if launch.process == "web" else "none"),
-            )  # fmt: skip
+            )
             info = build_task_info(
                 launch,
                 self._store.framework_id() or "",
@@ -327,11 +333,17 @@ class Scheduler:
                 executor_command=self._options.executor_command,
             )
             task = Task(
-                id=info["task_id"]["value"], app=launch.app, process=launch.process,
-                index=launch.index, release=launch.release, state="staging",
-                agent_id=launch.agent_id, hostname=launch.hostname, port=launch.port,
+                id=info["task_id"]["value"],
+                app=launch.app,
+                process=launch.process,
+                index=launch.index,
+                release=launch.release,
+                state="staging",
+                agent_id=launch.agent_id,
+                hostname=launch.hostname,
+                port=launch.port,
                 updated_at=now,
-            )  # fmt: skip
+            )
             self._tasks[task.id] = task
             self._store.put_task(task)  # known before launched: an update can't be "unknown"
             by_offer.setdefault(launch.offer_id, []).append(info)

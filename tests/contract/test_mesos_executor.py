@@ -157,8 +157,11 @@ def test_first_subscribe_is_exact_and_registered_gets_the_infos(
     assert "Authorization" not in agent.headers[0]
     agent.subscribed()
     executor_info, framework_info, agent_info = recorder.next("registered")
-    assert (executor_info, framework_info, agent_info) == (EXECUTOR_INFO, FRAMEWORK_INFO,
-                                                           AGENT_INFO)  # fmt: skip
+    assert (executor_info, framework_info, agent_info) == (
+        EXECUTOR_INFO,
+        FRAMEWORK_INFO,
+        AGENT_INFO,
+    )
     assert isinstance(agent_info, Dict)
     assert agent_info.hostname == "agent1"
     assert driver.connected
@@ -205,10 +208,16 @@ def test_status_update_json_is_exact_with_uuid_timestamp_source_and_executor_id(
     assert call == {
         "type": "UPDATE",
         **IDS,
-        "update": {"status": {**status, "uuid": sent["uuid"], "timestamp": sent["timestamp"],
-                              "source": "SOURCE_EXECUTOR",
-                              "executor_id": {"value": "myapp.web.7.x"}}},
-    }  # fmt: skip
+        "update": {
+            "status": {
+                **status,
+                "uuid": sent["uuid"],
+                "timestamp": sent["timestamp"],
+                "source": "SOURCE_EXECUTOR",
+                "executor_id": {"value": "myapp.web.7.x"},
+            }
+        },
+    }
     assert "uuid" not in status  # the caller's status is left alone
     assert agent.headers[-1]["Content-Type"] == "application/json"
     # a second update gets its own uuid; given fields are kept
@@ -233,8 +242,12 @@ def test_acknowledged_updates_are_dropped_and_the_rest_resent_after_a_reconnect(
     assert driver.sendStatusUpdate(running("myapp.web.7.x"))
     assert driver.sendStatusUpdate(running("t2"))
     first, second = (c["update"]["status"] for c in agent.wait_calls(2))
-    agent.send({"type": "ACKNOWLEDGED", "acknowledged": {"task_id": first["task_id"],
-                                                         "uuid": first["uuid"]}})  # fmt: skip
+    agent.send(
+        {
+            "type": "ACKNOWLEDGED",
+            "acknowledged": {"task_id": first["task_id"], "uuid": first["uuid"]},
+        }
+    )
     assert recorder.next("acknowledged") == ({"value": "myapp.web.7.x"}, first["uuid"])
     assert driver.unacknowledged_updates == [second]
     assert driver.unacknowledged_tasks == [other]
@@ -245,9 +258,11 @@ def test_acknowledged_updates_are_dropped_and_the_rest_resent_after_a_reconnect(
     assert body == {
         "type": "SUBSCRIBE",
         **IDS,
-        "subscribe": {"unacknowledged_tasks": [other],
-                      "unacknowledged_updates": [{"status": second}]},
-    }  # fmt: skip
+        "subscribe": {
+            "unacknowledged_tasks": [other],
+            "unacknowledged_updates": [{"status": second}],
+        },
+    }
     assert recorder.names() == []  # no shutdown: checkpointing, back within the timeout
 
 
@@ -299,8 +314,9 @@ def test_an_update_the_agent_cannot_take_is_kept_for_the_next_subscribe(
     assert [s.task_id.value for s in driver.unacknowledged_updates] == ["t1"]
     agent.close_stream()
     body = subscribe(agent, recorder, 2)
-    assert [u["status"]["task_id"]["value"] for u in
-            body["subscribe"]["unacknowledged_updates"]] == ["t1"]  # fmt: skip
+    assert [
+        u["status"]["task_id"]["value"] for u in body["subscribe"]["unacknowledged_updates"]
+    ] == ["t1"]
 
 
 def test_shutdown_event_calls_shutdown_and_stops_the_driver(
@@ -436,8 +452,9 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "15", "secs", "15 mins", "15m", "-1secs", "1.2.3secs",
-                                  "15MINS", "infsecs"])  # fmt: skip
+@pytest.mark.parametrize(
+    "text", ["", "15", "secs", "15 mins", "15m", "-1secs", "1.2.3secs", "15MINS", "infsecs"]
+)
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="MESOS_RECOVERY_TIMEOUT"):
         parse_duration(text, "MESOS_RECOVERY_TIMEOUT")
@@ -464,8 +481,11 @@ def test_environment_is_read_like_the_agent_writes_it() -> None:
     assert env.auth_token is None
     off = AgentEnvironment.from_env({**BASE, "MESOS_CHECKPOINT": "0"})
     assert off.checkpoint is False
-    bare = {k: v for k, v in BASE.items() if k.startswith(("MESOS_AGENT", "MESOS_FRAMEWORK",
-                                                          "MESOS_EXECUTOR"))}  # fmt: skip
+    bare = {
+        k: v
+        for k, v in BASE.items()
+        if k.startswith(("MESOS_AGENT", "MESOS_FRAMEWORK", "MESOS_EXECUTOR"))
+    }
     assert AgentEnvironment.from_env(bare).recovery_timeout is None
     v6 = AgentEnvironment.from_env({**BASE, "MESOS_AGENT_ENDPOINT": "[::1]:5051"})
     assert v6.url == "http://[::1]:5051/api/v1/executor"

@@ -111,10 +111,9 @@ OFFER = {
     "resources": [
         {"name": "cpus", "type": "SCALAR", "scalar": {"value": 2.0}, "role": "*"},
         {"name": "mem", "type": "SCALAR", "scalar": {"value": 4096.0}, "role": "*"},
-        {"name": "ports", "type": "RANGES", "ranges": {"range": [{"begin": 31000,
-                                                                  "end": 31099}]}},
+        {"name": "ports", "type": "RANGES", "ranges": {"range": [{"begin": 31000, "end": 31099}]}},
     ],
-}  # fmt: skip
+}
 
 
 def test_subscribe_sends_framework_info_without_id_first(
@@ -133,45 +132,86 @@ def test_calls_carry_stream_id_and_framework_id_with_exact_json(
     master: FakeMaster, recorder: Recorder, driver: MesosSchedulerDriver
 ) -> None:
     subscribe(master, recorder)
-    task = {"name": "myapp web.1 v7", "task_id": {"value": "myapp.web.7.x"},
-            "agent_id": {"value": "a1"}, "resources": []}  # fmt: skip
+    task = {
+        "name": "myapp web.1 v7",
+        "task_id": {"value": "myapp.web.7.x"},
+        "agent_id": {"value": "a1"},
+        "resources": [],
+    }
     assert driver.launchTasks([{"value": "o1"}], [task], {"refuse_seconds": 5.0})
     assert driver.declineOffer(["o2", "o3"], {"refuse_seconds": 120.0})
     assert driver.suppressOffers()
     assert driver.reviveOffers()
     assert driver.killTask("t1", "a1", grace_seconds=30)
     assert driver.acknowledgeStatusUpdate(
-        {"task_id": {"value": "t1"}, "agent_id": {"value": "a1"}, "uuid": "AAEC", "state":
-         "TASK_RUNNING"}
-    )  # fmt: skip
+        {
+            "task_id": {"value": "t1"},
+            "agent_id": {"value": "a1"},
+            "uuid": "AAEC",
+            "state": "TASK_RUNNING",
+        }
+    )
     assert driver.acknowledgeStatusUpdate({"task_id": {"value": "t2"}, "state": "TASK_LOST"})
     assert driver.reconcileTasks([{"task_id": {"value": "t1"}, "agent_id": {"value": "a1"}}])
     assert driver.reconcileTasks([])
     assert driver.sendFrameworkMessage("e1", "a1", b"hi")
     fw = {"value": "fw-1"}
     assert master.wait_calls(9) == [
-        {"framework_id": fw, "type": "ACCEPT", "accept": {
-            "offer_ids": [{"value": "o1"}],
-            "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task]}}],
-            "filters": {"refuse_seconds": 5.0}}},
-        {"framework_id": fw, "type": "DECLINE", "decline": {
-            "offer_ids": [{"value": "o2"}, {"value": "o3"}],
-            "filters": {"refuse_seconds": 120.0}}},
+        {
+            "framework_id": fw,
+            "type": "ACCEPT",
+            "accept": {
+                "offer_ids": [{"value": "o1"}],
+                "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task]}}],
+                "filters": {"refuse_seconds": 5.0},
+            },
+        },
+        {
+            "framework_id": fw,
+            "type": "DECLINE",
+            "decline": {
+                "offer_ids": [{"value": "o2"}, {"value": "o3"}],
+                "filters": {"refuse_seconds": 120.0},
+            },
+        },
         {"framework_id": fw, "type": "SUPPRESS"},
         {"framework_id": fw, "type": "REVIVE"},
-        {"framework_id": fw, "type": "KILL", "kill": {
-            "task_id": {"value": "t1"}, "agent_id": {"value": "a1"},
-            "kill_policy": {"grace_period": {"nanoseconds": 30_000_000_000}}}},
+        {
+            "framework_id": fw,
+            "type": "KILL",
+            "kill": {
+                "task_id": {"value": "t1"},
+                "agent_id": {"value": "a1"},
+                "kill_policy": {"grace_period": {"nanoseconds": 30_000_000_000}},
+            },
+        },
         # the update without a uuid (a reconciliation answer) was not acknowledged
-        {"framework_id": fw, "type": "ACKNOWLEDGE", "acknowledge": {
-            "agent_id": {"value": "a1"}, "task_id": {"value": "t1"}, "uuid": "AAEC"}},
+        {
+            "framework_id": fw,
+            "type": "ACKNOWLEDGE",
+            "acknowledge": {
+                "agent_id": {"value": "a1"},
+                "task_id": {"value": "t1"},
+                "uuid": "AAEC",
+            },
+        },
         # agent_id kept (pymesos drops it)
-        {"framework_id": fw, "type": "RECONCILE", "reconcile": {"tasks": [
-            {"task_id": {"value": "t1"}, "agent_id": {"value": "a1"}}]}},
+        {
+            "framework_id": fw,
+            "type": "RECONCILE",
+            "reconcile": {"tasks": [{"task_id": {"value": "t1"}, "agent_id": {"value": "a1"}}]},
+        },
         {"framework_id": fw, "type": "RECONCILE", "reconcile": {"tasks": []}},
-        {"framework_id": fw, "type": "MESSAGE", "message": {
-            "agent_id": {"value": "a1"}, "executor_id": {"value": "e1"}, "data": "aGk="}},
-    ]  # fmt: skip
+        {
+            "framework_id": fw,
+            "type": "MESSAGE",
+            "message": {
+                "agent_id": {"value": "a1"},
+                "executor_id": {"value": "e1"},
+                "data": "aGk=",
+            },
+        },
+    ]
     assert all(h["Mesos-Stream-Id"] == master.stream_id for h in master.headers)
     assert all(h["Content-Type"] == "application/json" for h in master.headers)
 
@@ -186,18 +226,36 @@ def test_events_reach_the_callbacks(
     assert offers[0].resources[2].ranges.range[0].begin == 31000
     master.send({"type": "RESCIND", "rescind": {"offer_id": {"value": "o1"}}})
     assert recorder.next("offerRescinded") == ({"value": "o1"},)
-    status = {"task_id": {"value": "t1"}, "state": "TASK_RUNNING", "source": "SOURCE_EXECUTOR",
-              "agent_id": {"value": "a1"}, "uuid": "AAEC", "healthy": True}  # fmt: skip
+    status = {
+        "task_id": {"value": "t1"},
+        "state": "TASK_RUNNING",
+        "source": "SOURCE_EXECUTOR",
+        "agent_id": {"value": "a1"},
+        "uuid": "AAEC",
+        "healthy": True,
+    }
     master.send({"type": "UPDATE", "update": {"status": status}})
     assert recorder.next("statusUpdate") == (status,)
     assert master.calls == []  # nothing acknowledged behind the scheduler's back
-    master.send({"type": "MESSAGE", "message": {"agent_id": {"value": "a1"},
-                 "executor_id": {"value": "e1"}, "data": "aGk="}})  # fmt: skip
+    master.send(
+        {
+            "type": "MESSAGE",
+            "message": {
+                "agent_id": {"value": "a1"},
+                "executor_id": {"value": "e1"},
+                "data": "aGk=",
+            },
+        }
+    )
     assert recorder.next("frameworkMessage")[2] == b"hi"
     master.send({"type": "FAILURE", "failure": {"agent_id": {"value": "a1"}}})
     assert recorder.next("agentLost") == ({"value": "a1"},)
-    master.send({"type": "FAILURE", "failure": {"agent_id": {"value": "a1"},
-                 "executor_id": {"value": "e1"}, "status": 137}})  # fmt: skip
+    master.send(
+        {
+            "type": "FAILURE",
+            "failure": {"agent_id": {"value": "a1"}, "executor_id": {"value": "e1"}, "status": 137},
+        }
+    )
     assert recorder.next("executorLost") == ({"value": "e1"}, {"value": "a1"}, 137)
 
 
@@ -208,8 +266,12 @@ def test_a_callback_that_raises_never_stops_the_driver(
     subscribe(master, recorder)
     master.send({"type": "OFFERS", "offers": {"offers": [OFFER]}})
     recorder.next("resourceOffers")
-    master.send({"type": "UPDATE", "update": {"status": {"task_id": {"value": "t"},
-                 "state": "TASK_FAILED"}}})  # fmt: skip
+    master.send(
+        {
+            "type": "UPDATE",
+            "update": {"status": {"task_id": {"value": "t"}, "state": "TASK_FAILED"}},
+        }
+    )
     recorder.next("statusUpdate")
     master.send({"type": "RESCIND", "rescind": {"offer_id": {"value": "o1"}}})
     recorder.next("offerRescinded")
@@ -234,8 +296,9 @@ def test_reconnect_resubscribes_as_the_same_framework(
 def test_a_silent_master_is_detected_by_missed_heartbeats(
     master: FakeMaster, recorder: Recorder
 ) -> None:
-    driver = MesosSchedulerDriver(recorder, FRAMEWORK, master.address, missed_heartbeats=2,
-                                  backoff_max=0.2)  # fmt: skip
+    driver = MesosSchedulerDriver(
+        recorder, FRAMEWORK, master.address, missed_heartbeats=2, backoff_max=0.2
+    )
     driver.start()
     try:
         master.wait_subscribes(1)

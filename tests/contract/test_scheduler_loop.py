@@ -26,26 +26,36 @@ from tests.support.services import ZooKeeper
 
 pytestmark = pytest.mark.zookeeper
 
-FRAMEWORK = {"user": "berth", "name": "berth", "failover_timeout": 604800.0,
-             "checkpoint": True}  # fmt: skip
+FRAMEWORK = {"user": "berth", "name": "berth", "failover_timeout": 604800.0, "checkpoint": True}
 
 
 def offer(n: int) -> dict[str, Any]:
     return {
-        "id": {"value": f"o{n}"}, "framework_id": {"value": "fw-1"},
-        "agent_id": {"value": "a1"}, "hostname": "agent1",
+        "id": {"value": f"o{n}"},
+        "framework_id": {"value": "fw-1"},
+        "agent_id": {"value": "a1"},
+        "hostname": "agent1",
         "resources": [
             {"name": "cpus", "type": "SCALAR", "scalar": {"value": 4.0}},
             {"name": "mem", "type": "SCALAR", "scalar": {"value": 8192.0}},
-            {"name": "ports", "type": "RANGES",
-             "ranges": {"range": [{"begin": 31000, "end": 31010}]}},
+            {
+                "name": "ports",
+                "type": "RANGES",
+                "ranges": {"range": [{"begin": 31000, "end": 31010}]},
+            },
         ],
-    }  # fmt: skip
+    }
 
 
 def update(task_id: str, state: str, uuid: str = "AAEC", **extra: Any) -> dict[str, Any]:
-    status = {"task_id": {"value": task_id}, "state": state, "source": "SOURCE_EXECUTOR",
-              "agent_id": {"value": "a1"}, "uuid": uuid, **extra}  # fmt: skip
+    status = {
+        "task_id": {"value": task_id},
+        "state": state,
+        "source": "SOURCE_EXECUTOR",
+        "agent_id": {"value": "a1"},
+        "uuid": uuid,
+        **extra,
+    }
     return {"type": "UPDATE", "update": {"status": status}}
 
 
@@ -57,8 +67,7 @@ class Running:
         if fid := store.framework_id():
             framework["id"] = {"value": fid}
         self.events = Events()
-        self.driver = MesosSchedulerDriver(self.events, framework, master.address,
-                                           backoff_max=0.3)  # fmt: skip
+        self.driver = MesosSchedulerDriver(self.events, framework, master.address, backoff_max=0.3)
         self.fence = threading.Event()
         options = Options(instance="test", grace_seconds=2.0, desired_every=0.1)
         self.scheduler = Scheduler(store, self.events, self.driver, options)
@@ -121,8 +130,9 @@ def test_formation_to_tasks_and_back(store: Store) -> None:
 
         for n, tid in enumerate(ids):
             master.send(update(tid, "TASK_RUNNING", uuid=f"u{n}", healthy=True))
-        acks = wait_for(lambda: len(calls_of(master, "ACKNOWLEDGE")) == 2 and
-                        calls_of(master, "ACKNOWLEDGE"))  # fmt: skip
+        acks = wait_for(
+            lambda: len(calls_of(master, "ACKNOWLEDGE")) == 2 and calls_of(master, "ACKNOWLEDGE")
+        )
         assert [a["acknowledge"]["uuid"] for a in acks] == ["u0", "u1"]
         assert {t.state for t in store.list_tasks("shop")} == {"running"}
         wait_for(lambda: calls_of(master, "SUPPRESS"))  # nothing pending
@@ -132,13 +142,15 @@ def test_formation_to_tasks_and_back(store: Store) -> None:
         master.send(update(ids[0], "TASK_FAILED", uuid="f1", data=data))
         wait_for(lambda: calls_of(master, "REVIVE"))
         master.send({"type": "OFFERS", "offers": {"offers": [offer(2)]}})
-        relaunch = wait_for(lambda: len(calls_of(master, "ACCEPT")) == 2 and
-                            calls_of(master, "ACCEPT"))[1]  # fmt: skip
+        relaunch = wait_for(
+            lambda: len(calls_of(master, "ACCEPT")) == 2 and calls_of(master, "ACCEPT")
+        )[1]
         new_id = relaunch["accept"]["operations"][0]["launch"]["task_infos"][0]["task_id"]["value"]
         assert new_id.startswith("shop.web.1.v3.")
         master.send(update(new_id, "TASK_FAILED", uuid="f2", data=data))
-        crashed = wait_for(lambda: [t for t in store.list_tasks("shop")
-                                    if t.id == new_id and t.state == "failed"])[0]  # fmt: skip
+        crashed = wait_for(
+            lambda: [t for t in store.list_tasks("shop") if t.id == new_id and t.state == "failed"]
+        )[0]
         assert crashed.exit_code == 3
         assert "crashed (exit 3); restarting in 10s" in crashed.message
 
@@ -150,8 +162,12 @@ def test_formation_to_tasks_and_back(store: Store) -> None:
 
         # a task Berth does not know is killed
         master.send(update("stranger.web.1.v1.x", "TASK_RUNNING", uuid="s1"))
-        wait_for(lambda: any(k["kill"]["task_id"]["value"] == "stranger.web.1.v1.x"
-                             for k in calls_of(master, "KILL")))  # fmt: skip
+        wait_for(
+            lambda: any(
+                k["kill"]["task_id"]["value"] == "stranger.web.1.v1.x"
+                for k in calls_of(master, "KILL")
+            )
+        )
     finally:
         leader.stop()
     assert not calls_of(master, "TEARDOWN")
@@ -163,13 +179,15 @@ def test_formation_to_tasks_and_back(store: Store) -> None:
         body = master.wait_subscribes(2)
         assert body["framework_id"] == {"value": "fw-1"}
         master.subscribed("fw-1")
-        reconciles = wait_for(lambda: [c for c in master.calls[calls_before:]
-                                       if c["type"] == "RECONCILE"])  # fmt: skip
+        reconciles = wait_for(
+            lambda: [c for c in master.calls[calls_before:] if c["type"] == "RECONCILE"]
+        )
         explicit = reconciles[0]["reconcile"]["tasks"]
         assert {"task_id": {"value": ids[0]}, "agent_id": {"value": "a1"}} not in explicit
         assert {t["task_id"]["value"] for t in explicit} >= {ids[1]}
-        wait_for(lambda: len([c for c in master.calls[calls_before:]
-                              if c["type"] == "RECONCILE"]) >= 2)  # fmt: skip
+        wait_for(
+            lambda: len([c for c in master.calls[calls_before:] if c["type"] == "RECONCILE"]) >= 2
+        )
     finally:
         successor.stop()
         master.stop()

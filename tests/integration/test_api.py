@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from berth.framework.model import Task
+from berth.framework.sealing import Sealer, load_or_create_key
+from berth.framework.state import Store
 from tests.conftest import Api
+from tests.support.services import ZooKeeper
 
 
 def error(response: Any, status: int, code: str) -> str:
@@ -189,3 +194,73 @@ def test_healthz_is_public_and_basic_auth_carries_the_token(api: Api) -> None:
     assert r.status_code == 200
     r = api.session.get(f"{api.url}/v1/apps", headers={"Authorization": ""}, auth=("git", "x"))
     assert r.status_code == 401
+
+
+def test_image_deploy_and_ps(api: Api, zookeeper: ZooKeeper, chroot: str) -> None:
+    api.call("POST", "/v1/apps", json={"name": "img"})
+    for bad in ("UPPER:case", "a b", "", "x" * 300, 5):
+        error(api.call("POST", "/v1/apps/img/deploy", json={"image": bad}), 422, "invalid")
+    error(
+        api.call(
+            "POST", "/v1/apps/img/deploy", json={"image": "img:v1", "process_types": {"Web": ""}}
+        ),
+        422,
+        "invalid",
+    )
+    assert api.call("GET", "/v1/apps/img").json()["release"] == 1  # nothing written
+
+    deployed = api.call("POST", "/v1/apps/img/deploy", json={"image": "registry:5000/img:v1"})
+    assert deployed.status_code == 201
+    assert deployed.json()["description"] == "Deploy registry:5000/img:v1"
+    assert deployed.json()["artifact"] == {"kind": "image", "ref": "registry:5000/img:v1"}
+    assert deployed.json()["process_types"] == {"web": ""}
+    assert api.call("GET", "/v1/apps/img/formation").json() == {"web": 1}
+    assert "no process type 'worker'" in error(
+        api.call("PATCH", "/v1/apps/img/formation", json={"worker": 1}), 422, "invalid"
+    )
+
+    # the framework records tasks in ZooKeeper; ps shows them
+    sealer_dir = api.server.data_dir
+    store = Store(zookeeper.hosts, chroot, Sealer(load_or_create_key(sealer_dir)))
+    store.start()
+    try:
+        now = time.time()
+        store.put_task(
+            Task(
+                "img.web.1.v2.aa",
+                "img",
+                "web",
+                1,
+                2,
+                "running",
+                hostname="h",
+                port=31000,
+                healthy=True,
+                started_at=now - 65,
+            )
+        )
+        store.put_task(
+            Task(
+                "img.web.2.v2.bb",
+                "img",
+                "web",
+                2,
+                2,
+                "failed",
+                exit_code=3,
+                message="crashed (exit 3); restarting in 10s",
+            )
+        )
+        store.put_task(Task("imgx.web.1.v1.cc", "imgx", "web", 1, 1, "running"))
+    finally:
+        store.stop()
+    ps = api.call("GET", "/v1/apps/img/ps").json()
+    assert ps["formation"] == {"web": 1}
+    assert [(t["name"], t["state"]) for t in ps["tasks"]] == [
+        ("web.1", "running"),
+        ("web.2", "failed"),
+    ]
+    assert ps["tasks"][0]["uptime"] >= 65
+    assert ps["tasks"][1]["uptime"] is None
+    assert ps["tasks"][1]["exit_code"] == 3
+    error(api.call("GET", "/v1/apps/ghost/ps"), 404, "not_found")

@@ -156,3 +156,17 @@ def test_the_installed_command_exits_non_zero(berth: Berth, tmp_path: Path) -> N
     )
     assert done.returncode == 1
     assert "not logged in" in done.stderr
+
+
+def test_deploy_and_ps(berth: Berth) -> None:
+    berth("apps:create", "pics")
+    assert (
+        "Deployed pics:v1 to pics: v2" in berth("deploy", "--image", "pics:v1", "-a", "pics").stdout
+    )
+    out = berth("ps", "-a", "pics").stdout
+    assert "=== pics processes (web=1)" in out
+    assert "No processes running." in out
+    assert (
+        "invalid process type"
+        in berth("deploy", "--image", "pics:v2", "-p", "Bad=x", "-a", "pics", ok=False).output
+    )

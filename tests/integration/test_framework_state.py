@@ -50,8 +50,14 @@ def test_framework_id_and_tasks_are_kept(store: Store) -> None:
     assert [t.id for t in store.list_tasks("shop")] == ["shop.worker.1.v2.x"]
 
 
-def _contend(zk: ZooKeeper, chroot: str, name: str, log: list[str], stop: threading.Event,
-             results: dict[str, bool]) -> threading.Thread:  # fmt: skip
+def _contend(
+    zk: ZooKeeper,
+    chroot: str,
+    name: str,
+    log: list[str],
+    stop: threading.Event,
+    results: dict[str, bool],
+) -> threading.Thread:
     def lead(fence: threading.Event) -> None:
         log.append(f"{name} leads")
         fence.wait()

@@ -106,11 +106,10 @@ class FakeMaster:
                 "subscribed": {
                     "framework_id": {"value": framework_id},
                     "heartbeat_interval_seconds": heartbeat,
-                    "master_info": {"id": "m1", "ip": 16777343, "port": 5050,
-                                    "hostname": "master"},
+                    "master_info": {"id": "m1", "ip": 16777343, "port": 5050, "hostname": "master"},
                 },
             }
-        )  # fmt: skip
+        )
 
     def close_stream(self) -> None:
         self._events.put(_CLOSE)

@@ -20,8 +20,13 @@ from berth.framework.plan import (
 WEB = Resources(cpus=0.5, mem=256.0)
 
 
-def offer(n: int, cpus: float = 4.0, mem: float = 4096.0, ports: tuple[int, int] = (31000, 31009),
-          agent: str | None = None) -> Offer:  # fmt: skip
+def offer(
+    n: int,
+    cpus: float = 4.0,
+    mem: float = 4096.0,
+    ports: tuple[int, int] = (31000, 31009),
+    agent: str | None = None,
+) -> Offer:
     return Offer(f"o{n}", agent or f"a{n}", f"host{n}", Resources(cpus, mem, 1000.0), (ports,))
 
 
@@ -29,18 +34,36 @@ def want(app: str = "shop", release: int = 2, **formation: int) -> Desired:
     return Desired(app, release, formation, dict.fromkeys(formation, WEB))
 
 
-def task(index: int, release: int = 2, state: str = "running", healthy: bool | None = True,
-         process: str = "web", app: str = "shop", agent: str = "a1", started: float = 0.0,
-         ) -> Task:  # fmt: skip
-    return Task(f"{app}.{process}.{index}.v{release}", app, process, index, release, state,
-                agent_id=agent, healthy=healthy, started_at=started)  # fmt: skip
+def task(
+    index: int,
+    release: int = 2,
+    state: str = "running",
+    healthy: bool | None = True,
+    process: str = "web",
+    app: str = "shop",
+    agent: str = "a1",
+    started: float = 0.0,
+) -> Task:
+    return Task(
+        f"{app}.{process}.{index}.v{release}",
+        app,
+        process,
+        index,
+        release,
+        state,
+        agent_id=agent,
+        healthy=healthy,
+        started_at=started,
+    )
 
 
 def test_scale_up_launches_one_task_per_missing_slot_with_ports_from_the_offer() -> None:
     result = plan([want(web=3)], [], [offer(1)], {}, now=0)
     assert [(launch.index, launch.port) for launch in result.launches] == [
-        (1, 31000), (2, 31001), (3, 31002),
-    ]  # fmt: skip
+        (1, 31000),
+        (2, 31001),
+        (3, 31002),
+    ]
     assert result.declines == []
     assert not result.wants_offers
 
@@ -112,7 +135,7 @@ def test_deploy_starts_new_before_old_one_slot_at_a_time() -> None:
 
 def test_duplicates_are_killed_keeping_a_serving_older_one() -> None:
     tasks = [task(1, started=5.0), task(1, started=1.0, agent="a2"), task(1, healthy=False)]
-    tasks = [replace(t, id=f"t{n}") for n, t in enumerate(tasks)]  # fmt: skip
+    tasks = [replace(t, id=f"t{n}") for n, t in enumerate(tasks)]
     assert sorted(plan([want(web=1)], tasks, [], {}, now=0).kills) == ["t0", "t2"]
 
 
@@ -146,8 +169,10 @@ def test_killing_tasks_are_not_killed_twice_and_leave_their_slot_free() -> None:
 
 
 def test_many_apps_and_process_types() -> None:
-    desired = [Desired(f"app{n}", 1, {"web": 2, "worker": 1}, {"web": WEB, "worker": WEB})
-               for n in range(10)]  # fmt: skip
+    desired = [
+        Desired(f"app{n}", 1, {"web": 2, "worker": 1}, {"web": WEB, "worker": WEB})
+        for n in range(10)
+    ]
     offers = [offer(n) for n in range(5)]
     result = plan(desired, [], offers, {}, now=0)
     assert len(result.launches) == 30

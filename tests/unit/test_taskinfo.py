@@ -15,8 +15,20 @@ from berth.framework.taskinfo import (
 
 def payload() -> Payload:
     env = task_env({"SECRET": "s"}, "shop", "web", 1, 7, 31005)
-    return Payload("shop", "web", 1, 7, "shop:v7", None, env, 31005, 256, 0.5, "inst-1",
-                   health=HealthCheck("http", "/up"))  # fmt: skip
+    return Payload(
+        "shop",
+        "web",
+        1,
+        7,
+        "shop:v7",
+        None,
+        env,
+        31005,
+        256,
+        0.5,
+        "inst-1",
+        health=HealthCheck("http", "/up"),
+    )
 
 
 def test_task_info_for_one_launch() -> None:
@@ -30,15 +42,24 @@ def test_task_info_for_one_launch() -> None:
     assert info["name"] == "shop web.1 v7"
     assert info["executor"]["executor_id"] == {"value": tid}
     assert info["executor"]["command"] == {
-        "shell": False, "value": "/x/python", "arguments": ["/x/python", "-m", "e"],
-    }  # fmt: skip
-    assert {"name": "ports", "type": "RANGES",
-            "ranges": {"range": [{"begin": 31005, "end": 31005}]}} in info["resources"]  # fmt: skip
+        "shell": False,
+        "value": "/x/python",
+        "arguments": ["/x/python", "-m", "e"],
+    }
+    assert {
+        "name": "ports",
+        "type": "RANGES",
+        "ranges": {"range": [{"begin": 31005, "end": 31005}]},
+    } in info["resources"]
     assert info["kill_policy"] == {"grace_period": {"nanoseconds": 30_000_000_000}}
     assert info["executor"]["shutdown_grace_period"]["nanoseconds"] > 30_000_000_000
     labels = {x["key"]: x["value"] for x in info["labels"]["labels"]}
-    assert labels == {"berth.app": "shop", "berth.process": "web", "berth.release": "7",
-                      "berth.instance": "inst-1"}  # fmt: skip
+    assert labels == {
+        "berth.app": "shop",
+        "berth.process": "web",
+        "berth.release": "7",
+        "berth.instance": "inst-1",
+    }
     decoded = Payload.decode(info["data"])
     assert decoded == payload()
     assert json.loads(base64.b64decode(info["data"]))["env"]["PORT"] == "31005"
