@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,10 @@ from gunicorn.app.base import BaseApplication
 
 from berth.api.app import create_app
 from berth.framework import jsonlog, tokens
-from berth.framework.errors import Unavailable
 from berth.framework.options import settings_options
 from berth.framework.sealing import Sealer, load_or_create_key
 from berth.framework.settings import Settings
-from berth.framework.state import Store
+from berth.framework.state import Store, connect
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +29,6 @@ ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 - a file name, not a secret
 def prepare_data_dir(data_dir: Path) -> None:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
-
-
-def connect(settings: Settings, sealer: Sealer) -> Store:
-    """A started Store, waiting as long as it takes for ZooKeeper (saying so every attempt)."""
-    while True:
-        store = Store(settings.zk_hosts, settings.zk_chroot, sealer)
-        try:
-            store.start(wait=10.0)
-        except Unavailable as exc:
-            log.warning("waiting for ZooKeeper: %s", exc.message, extra={"zk": settings.zk})
-            time.sleep(2.0)
-            continue
-        return store
 
 
 def bootstrap_admin(settings: Settings, store: Store) -> None:
@@ -149,7 +134,7 @@ def command(settings: Settings, threads: int) -> None:
     jsonlog.setup("api")
     prepare_data_dir(settings.data_dir)
     sealer = Sealer(load_or_create_key(settings.data_dir))
-    store = connect(settings, sealer)
+    store = connect(settings.zk_hosts, settings.zk_chroot, sealer)
     try:
         bootstrap_admin(settings, store)
     finally:

@@ -2,7 +2,8 @@
 
 The znode tree, under the chroot given by `--zk HOSTS/chroot` (default `/berth`):
 
-    /meta                          {"schema": 1}
+    /meta                          {"schema": 1, "instance": <uuid>}: the instance id labels
+                                   this Berth's containers (two Berths can share one Docker)
     /bootstrap                     created once, with the first admin token, in one transaction
     /tokens                        data: empty; its data version serialises token changes
     /tokens/<id>                   {"id", "digest" (SHA-256 of the token), "description", …}
@@ -39,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -151,7 +153,8 @@ class Store:
                 self._zk.ensure_path(path)
             if self._zk.exists("/meta") is None:
                 with suppress(NodeExistsError):
-                    self._zk.create("/meta", _dump({"schema": SCHEMA}))
+                    meta = {"schema": SCHEMA, "instance": uuid.uuid4().hex}
+                    self._zk.create("/meta", _dump(meta))
 
     def connect_in_background(self) -> None:
         """Start connecting without waiting (the chroot must exist): requests wait for the
@@ -513,6 +516,18 @@ class Store:
             return {k: int(v) for k, v in formation.items()}
         raise Conflict(f"the formation of {app} is changing too fast; try again")
 
+    def instance_id(self) -> str:
+        """This Berth's id (one per chroot), created with the znode tree."""
+        with self._mapped("read the instance id"):
+            data, stat = self._get("/meta")
+            if "instance" not in data:  # a tree made before instance ids existed
+                data["instance"] = uuid.uuid4().hex
+                try:
+                    self._zk.set("/meta", _dump(data), version=stat.version)
+                except BadVersionError:
+                    data, _ = self._get("/meta")
+        return str(data["instance"])
+
     # -- framework and tasks (written only by the leading `berth framework`) ----------------
 
     def framework_id(self) -> str | None:
@@ -670,3 +685,16 @@ class Store:
 
 def _token_json(record: Token) -> dict[str, str]:
     return {**record.to_json(), "digest": record.digest}
+
+
+def connect(hosts: str, chroot: str, sealer: Sealer, retry_every: float = 2.0) -> Store:
+    """A started Store, waiting as long as it takes for ZooKeeper (and saying so)."""
+    while True:
+        store = Store(hosts, chroot, sealer)
+        try:
+            store.start(wait=10.0)
+        except Unavailable as exc:
+            log.warning("waiting for ZooKeeper: %s", exc.message, extra={"zk": hosts + chroot})
+            time.sleep(retry_every)
+            continue
+        return store

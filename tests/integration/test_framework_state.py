@@ -3,6 +3,7 @@ connection goes, the framework id and task records kept. Real ZooKeeper."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from berth.framework.errors import BerthError
 from berth.framework.leader import Leadership
 from berth.framework.model import Task
 from berth.framework.sealing import Sealer, load_or_create_key
@@ -113,3 +115,32 @@ def test_a_leader_is_fenced_when_its_zookeeper_goes(tmp_path: Path) -> None:
     finally:
         stop.set()
         zk.stop()
+
+
+def test_leading_mesos_master_is_read_from_zookeeper(zookeeper: ZooKeeper, chroot: str) -> None:
+    from kazoo.client import KazooClient
+
+    from berth.framework.mesos_master import resolve
+
+    client = KazooClient(hosts=zookeeper.hosts)
+    client.start()
+    try:
+        base = f"{chroot}-mesos"
+        info = {"address": {"hostname": "m2.example", "ip": "10.0.0.2", "port": 5050}}
+        client.create(f"{base}/json.info_0000000012", json.dumps(info).encode(), makepath=True)
+        older = {"address": {"hostname": "m1.example", "ip": "10.0.0.1", "port": 5051}}
+        client.create(f"{base}/json.info_0000000003", json.dumps(older).encode())
+        client.create(f"{base}/log_replicas", b"")
+        assert resolve(f"zk://{zookeeper.hosts}{base}") == "m1.example:5051"
+        assert resolve("m9.example:5050") == "m9.example:5050"
+        with pytest.raises(BerthError, match="no Mesos master"):
+            resolve(f"zk://{zookeeper.hosts}{chroot}-empty")
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_instance_id_is_stable(store: Store) -> None:
+    first = store.instance_id()
+    assert len(first) == 32
+    assert store.instance_id() == first
