@@ -1,4 +1,4 @@
-# Shared by scripts/setup and scripts/test: Debian packages, the virtualenv, ZooKeeper.
+# Shared by scripts/setup and scripts/test: Debian packages, the virtualenv, Docker, ZooKeeper.
 # shellcheck shell=bash disable=SC2034
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -44,6 +44,39 @@ make_venv() {
   fi
   rm -f "$log"
   "$dir/bin/python" -c 'import berth.cli.main' || die "berth does not import from $dir"
+}
+
+# docker_answers: true when `docker info` gets an answer (as this user, else as root).
+docker_answers() {
+  docker info >/dev/null 2>&1 || { [ "$(id -u)" -ne 0 ] && as_root docker info >/dev/null 2>&1; }
+}
+
+# docker_ready [LOG-DIR]: makes sure a Docker engine answers `docker info`. Installs Debian's
+# docker.io when no dockerd is on the machine (an engine installed some other way is used as it
+# is), then starts it: `systemctl start docker` when systemd runs, else dockerd in its own
+# session, logging to LOG-DIR/berth-dockerd.log (LOG-DIR defaults to /var/log). Waits up to
+# 60 s for it to answer.
+docker_ready() {
+  local log=${1:-/var/log}/berth-dockerd.log
+  docker_answers && return 0
+  if ! command -v dockerd >/dev/null && [ ! -x /usr/sbin/dockerd ]; then apt_install docker.io; fi
+  if [ -d /run/systemd/system ]; then
+    say "starting Docker (systemctl start docker)"
+    as_root systemctl start docker
+    log="journalctl -u docker"
+  else
+    # If a dockerd is still starting, this one finds its pid file, logs why and exits.
+    say "starting dockerd (log in $log)"
+    as_root mkdir -p "$(dirname "$log")"
+    # shellcheck disable=SC2016  # $1 and $PATH expand in the root shell, not here
+    as_root sh -c 'PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH setsid dockerd >>"$1" 2>&1 </dev/null &' \
+      sh "$log"
+  fi
+  for _ in $(seq 120); do
+    docker_answers && return 0
+    sleep 0.5
+  done
+  die "the Docker engine did not answer within 60 s; see $log"
 }
 
 ZK_CLASSPATH=/etc/zookeeper/conf:/usr/share/java/zookeeper.jar

@@ -8,9 +8,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 import requests
 
+from tests.support import images
 from tests.support.services import BerthApi, ZooKeeper, zookeeper_available
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -31,6 +33,22 @@ def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeper]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    client = images.docker_client()
+    need(client is not None, "a running Docker engine (scripts/test installs and starts one)")
+    assert client is not None
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def test_image(docker_client: docker.DockerClient) -> str:
+    """The busybox test image's tag, imported from Debian's busybox-static when missing."""
+    need(images.busybox_available(), "busybox (Debian package busybox-static)")
+    return images.ensure_test_image(docker_client)
 
 
 @pytest.fixture
@@ -63,5 +81,8 @@ def api(zookeeper: ZooKeeper, chroot: str, tmp_path: Path) -> Iterator[Api]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if {"zookeeper", "api"} & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if {"zookeeper", "api"} & fixtures:
             item.add_marker(pytest.mark.zookeeper)
+        if {"docker_client", "test_image"} & fixtures:
+            item.add_marker(pytest.mark.docker)

@@ -1,0 +1,511 @@
+"""The executor's Docker adapter: runs one task's process as a hardened container and reports
+how it ended. The only module that imports the Docker SDK (`docker`); everything it returns is
+Berth's own type (`ContainerSpec`, `Exit`, `ContainerInfo`) or one of the errors below.
+
+What every container gets, whatever the spec says: all capabilities dropped,
+`no-new-privileges`, a pids limit, a memory limit with swap equal to it (no swap), a CPU quota,
+never privileged, never root (the image's USER if it is not root, else uid/gid 10000), no
+volumes or bind mounts at all (so never the Docker socket), Docker's restart policy off (Mesos
+and the scheduler decide about restarts), SIGTERM as the stop signal, a bounded json-file log,
+and Docker's init (`docker-init`, which reaps zombies and forwards signals) when the engine has
+one. Nothing is ever pulled: an image missing on the agent is `ImageNotFound`. Containers named
+`mesos-*` are refused, because the Mesos agent's Docker containerizer takes those for its own
+and may kill them when it recovers.
+
+Errors, on top of berth.framework.errors:
+
+    BerthError
+    └── ContainerError (500 container)            Docker refused or failed a request
+        ├── InvalidSpec (422 invalid)             a spec Berth must not run: a mesos-* name,
+        │                                         root, bad limits, ports or names
+        ├── ImageNotFound (404 image_not_found)   the image is not on this agent
+        ├── ContainerNotFound (404 not_found)     no such container
+        ├── NameInUse (409 conflict)              another container already has that name
+        ├── StartFailed (500 start_failed)        created but did not start (the port is
+        │                                         taken); it is removed again. A missing
+        │                                         command under docker-init is exit 127.
+        ├── WaitTimedOut (504 timeout)            wait(timeout=…) passed, still running
+        └── EngineUnavailable (503 unavailable)   the Docker engine does not answer
+
+Threads: a `Containers` may be shared by the executor's threads; each call is its own request
+on the SDK's connection pool. `wait()` blocks until the container stops and `logs()` until its
+output ends, so each belongs in a thread of its own (the task watcher, the log pump).
+
+Must not import flask, kazoo, berth.api or berth.cli (an import-linter contract); imports only
+berth.framework's errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import struct
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+import docker
+import docker.errors
+import requests
+import urllib3.exceptions
+
+from berth.framework.errors import BerthError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_USER = "10000:10000"
+DEFAULT_PIDS_LIMIT = 256
+MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses less
+LOG_MAX_SIZE = "10m"  # per file, two files: what dockerd keeps of a container's output
+LOG_MAX_FILES = "2"
+MAX_LINE_BYTES = 64 * 1024  # logs() hands on longer lines in pieces of this size
+
+# Docker's own rule for container names.
+CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
+ENV_KEY = re.compile(r"^[^=\x00]+$")
+MESOS_PREFIX = "mesos-"
+ROOT_USERS = ("", "0", "root")
+
+Stream = Literal["stdout", "stderr"]
+
+
+class ContainerError(BerthError):
+    code = "container"
+
+
+class InvalidSpec(ContainerError):
+    status = 422
+    code = "invalid"
+
+
+class ImageNotFound(ContainerError):
+    status = 404
+    code = "image_not_found"
+
+    def __init__(self, image: str) -> None:
+        super().__init__(
+            f"image {image!r} is not on this Docker engine (Berth never pulls; "
+            "build or load it on the agent first)"
+        )
+        self.image = image
+
+
+class ContainerNotFound(ContainerError):
+    status = 404
+    code = "not_found"
+
+    def __init__(self, container: str) -> None:
+        super().__init__(f"no container {container!r}")
+        self.container = container
+
+
+class NameInUse(ContainerError):
+    status = 409
+    code = "conflict"
+
+
+class StartFailed(ContainerError):
+    code = "start_failed"
+
+
+class WaitTimedOut(ContainerError):
+    status = 504
+    code = "timeout"
+
+
+class EngineUnavailable(ContainerError):
+    status = 503
+    code = "unavailable"
+
+
+def is_root(user: str) -> bool:
+    """True when USER (as in a Dockerfile: `name`, `uid`, `uid:gid`) runs as uid 0."""
+    return user.split(":", 1)[0] in ROOT_USERS
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """One container to run. `port` is the host port from the Mesos offer: the container
+    listens on the same number (it gets `PORT=<port>`, which wins over `env`), published on
+    `host_ip`. `user=None` means the image's USER if it is not root, else `DEFAULT_USER`."""
+
+    name: str
+    image: str
+    command: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    port: int | None = None
+    host_ip: str = "0.0.0.0"  # noqa: S104 - Mesos offers the agent's ports on every address
+    labels: dict[str, str] = field(default_factory=dict)
+    memory_bytes: int = 512 * 1024 * 1024
+    cpus: float = 1.0
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    user: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name.lower().startswith(MESOS_PREFIX):
+            raise InvalidSpec(
+                f"container name {self.name!r} starts with {MESOS_PREFIX!r}: the Mesos agent "
+                "treats such containers as its own"
+            )
+        if not CONTAINER_NAME.match(self.name):
+            raise InvalidSpec(f"container name {self.name!r} is not a valid Docker name")
+        if not self.image:
+            raise InvalidSpec("no image")
+        if self.command is not None and not self.command:
+            raise InvalidSpec("command is empty (None runs the image's CMD)")
+        for key in self.env:
+            if not ENV_KEY.match(key):
+                raise InvalidSpec(f"environment variable name {key!r} is not allowed")
+        if any("\x00" in value for value in self.env.values()):
+            raise InvalidSpec("an environment value contains a NUL byte")
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise InvalidSpec(f"port {self.port} is out of range")
+        if self.memory_bytes < MIN_MEMORY_BYTES:
+            raise InvalidSpec(f"memory {self.memory_bytes} bytes is below Docker's 6 MiB")
+        if not 0 < self.cpus <= 1024:
+            raise InvalidSpec(f"cpus {self.cpus} is out of range")
+        if self.pids_limit < 1:
+            raise InvalidSpec(f"pids limit {self.pids_limit} must be positive")
+        if self.user is not None:
+            if not USER.match(self.user):
+                raise InvalidSpec(f"user {self.user!r} is not name, uid or uid:gid")
+            if is_root(self.user):
+                raise InvalidSpec("containers never run as root")
+
+    def environment(self) -> dict[str, str]:
+        env = dict(self.env)
+        if self.port is not None:
+            env["PORT"] = str(self.port)
+        return env
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """How a container ended. Docker reports death by signal N as code 128 + N."""
+
+    code: int
+    oom_killed: bool
+    finished_at: datetime | None
+
+    @property
+    def signal(self) -> int | None:
+        return self.code - 128 if 128 < self.code < 160 else None
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    """A container found by its labels, running or not."""
+
+    id: str
+    name: str
+    image: str
+    state: str  # Docker's: created, running, paused, restarting, removing, exited, dead
+    labels: dict[str, str]
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("running", "paused", "restarting")
+
+
+class Containers:
+    """Docker operations on behalf of one executor (or a janitor). Takes the SDK's
+    `docker.DockerClient`; `from_env()` makes one from DOCKER_HOST or the local socket."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self._client = client
+        self._api = client.api
+        self._init: bool | None = None
+
+    @classmethod
+    def from_env(cls, timeout: float = 60.0) -> Containers:
+        with _docker_errors("the Docker engine"):
+            return cls(docker.from_env(timeout=timeout))
+
+    def run(self, spec: ContainerSpec) -> str:
+        """Creates and starts the container, detached; returns its id. Never pulls."""
+        with _docker_errors(spec.image, image=True):
+            attrs = self._api.inspect_image(spec.image)
+        image_user = str((attrs.get("Config") or {}).get("User") or "")
+        if spec.user is not None:
+            user = spec.user
+        else:
+            user = DEFAULT_USER if is_root(image_user) else image_user
+        options: dict[str, Any] = {
+            "name": spec.name,
+            "command": spec.command,
+            "environment": spec.environment(),
+            "labels": dict(spec.labels),
+            "user": user,
+            "detach": True,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "privileged": False,
+            "pids_limit": spec.pids_limit,
+            "mem_limit": spec.memory_bytes,
+            "memswap_limit": spec.memory_bytes,
+            "nano_cpus": round(spec.cpus * 1e9),
+            "restart_policy": {"Name": "no"},
+            "stop_signal": "SIGTERM",
+            "log_config": {
+                "Type": "json-file",
+                "Config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILES},
+            },
+        }
+        if spec.port is not None:
+            options["ports"] = {f"{spec.port}/tcp": (spec.host_ip, spec.port)}
+        if self._init_available():
+            options["init"] = True
+        with _docker_errors(spec.image, image=True):
+            container = self._client.containers.create(spec.image, **options)
+        container_id = str(container.id)
+        try:
+            container.start()
+        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            self.remove(container_id)
+            raise StartFailed(f"container {spec.name} did not start: {_explain(e)}") from e
+        log.info(
+            "container started",
+            extra={"container": container_id, "name": spec.name, "image": spec.image},
+        )
+        return container_id
+
+    def wait(self, container_id: str, timeout: float | None = None) -> Exit:
+        """Blocks until the container is not running (at once if it has stopped already)."""
+        with _docker_errors(container_id):
+            try:
+                self._api.wait(container_id, timeout=timeout)
+            except requests.exceptions.RequestException as e:
+                if timeout is None:
+                    raise
+                raise WaitTimedOut(
+                    f"container {container_id} still running after {timeout:g} s"
+                ) from e
+            state = self._api.inspect_container(container_id)["State"]
+        return Exit(
+            code=int(state["ExitCode"]),
+            oom_killed=bool(state.get("OOMKilled")),
+            finished_at=_docker_time(str(state.get("FinishedAt") or "")),
+        )
+
+    def stop(self, container_id: str, grace_seconds: float) -> None:
+        """SIGTERM, then SIGKILL if it is still running after the grace period (rounded up to
+        whole seconds, Docker's unit). Returns once it has stopped; stopped already is fine."""
+        with _docker_errors(container_id):
+            self._api.stop(container_id, timeout=max(0, math.ceil(grace_seconds)))
+
+    def remove(self, container_id: str) -> None:
+        """Removes the container, killing it if it runs. Gone already is fine."""
+        try:
+            with _docker_errors(container_id):
+                self._api.remove_container(container_id, force=True)
+        except ContainerNotFound:
+            pass
+        except ContainerError as e:
+            if "already in progress" not in e.message:
+                raise
+
+    def is_running(self, container_id: str) -> bool:
+        try:
+            with _docker_errors(container_id):
+                state = self._api.inspect_container(container_id)["State"]
+        except ContainerNotFound:
+            return False
+        return bool(state.get("Running"))
+
+    def find(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
+        """Containers, running or not, that carry all these labels: for adopting or removing
+        orphans. At least one label is required: no caller means every container."""
+        if not labels:
+            raise InvalidSpec("find() needs at least one label")
+        filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
+        with _docker_errors("the Docker engine"):
+            found = self._api.containers(all=True, filters=filters)
+        return [
+            ContainerInfo(
+                id=str(c["Id"]),
+                name=str((c.get("Names") or ["?"])[0]).lstrip("/"),
+                image=str(c.get("Image", "")),
+                state=str(c.get("State", "")),
+                labels={str(k): str(v) for k, v in (c.get("Labels") or {}).items()},
+            )
+            for c in found
+        ]
+
+    def logs(self, container_id: str, follow: bool = True) -> Iterator[tuple[Stream, bytes]]:
+        """The container's output from its start, as (stream, line) while it arrives; with
+        `follow`, until the container stops. Lines keep their b"\\n"; a last line without one
+        comes last, and a line longer than MAX_LINE_BYTES comes in pieces.
+
+        Docker 20.10's follow mode can end before the last output is read (it drops a last
+        line without a newline: moby issue 43860), so when a follow ends this reads once more
+        without following, from the last timestamp seen on; and follows again if the container
+        still runs (the engine may also just have dropped the connection)."""
+        lines = _Lines()
+        cursor = _Cursor()
+        passes = [follow]
+        while passes:
+            following = passes.pop()
+            since = cursor.new_pass()
+            for stream, stamp, data in self._log_frames(container_id, following, since):
+                if cursor.fresh(stream, stamp):
+                    yield from lines.add(stream, data)
+            if following:
+                passes.append(False)
+            elif follow and self.is_running(container_id):
+                time.sleep(0.5)
+                passes.append(True)
+        yield from lines.rest()
+
+    def _log_frames(
+        self, container_id: str, follow: bool, since: int
+    ) -> Iterator[tuple[Stream, str, bytes]]:
+        """One request for the log stream, as (stream, timestamp, message) frames."""
+        params = {"stdout": 1, "stderr": 1, "follow": int(follow), "timestamps": 1}
+        if since:
+            params["since"] = since
+        url = f"{self._api.base_url}/v{self._api.api_version}/containers/{quote(container_id)}/logs"
+        with _docker_errors(container_id):
+            if self._api.inspect_container(container_id)["Config"].get("Tty"):
+                raise ContainerError(f"container {container_id} has a TTY; Berth's never do")
+            response = self._api.get(url, params=params, stream=True, timeout=None)
+        try:
+            if response.status_code == 404:
+                return  # removed meanwhile: its output is gone with it
+            if response.status_code != 200:
+                raise ContainerError(f"Docker refused the logs of {container_id}: {response.text}")
+            for stream, frame in _frames(response.raw):
+                stamp, _, data = frame.partition(b" ")
+                yield stream, stamp.decode("ascii", "replace"), data
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as e:
+            raise EngineUnavailable(f"the log stream of {container_id} broke: {e}") from e
+        finally:
+            response.close()
+
+    def _init_available(self) -> bool:
+        """Whether the engine has its init binary: `/version` lists it as a component only
+        when it could run it."""
+        if self._init is None:
+            with _docker_errors("the Docker engine"):
+                components = self._api.version().get("Components") or []
+            names = {str(c.get("Name", "")) for c in components}
+            self._init = bool(names & {"docker-init", "tini"})
+            if not self._init:
+                log.warning("the Docker engine has no docker-init; containers run without it")
+        return self._init
+
+
+def _frames(raw: Any) -> Iterator[tuple[Stream, bytes]]:
+    """The Engine API's multiplexed stream (for containers without a TTY): each frame is an
+    8-byte header (stream type: 1 stdout, 2 stderr; 3 zero bytes; big-endian length), then
+    that many bytes."""
+    while len(header := _read_exactly(raw, 8)) == 8:
+        kind, length = struct.unpack(">BxxxL", header)
+        data = _read_exactly(raw, length)
+        if len(data) < length:
+            return
+        yield ("stderr" if kind == 2 else "stdout"), data
+
+
+class _Cursor:
+    """How far a log reader got, per stream: the newest timestamp seen (Docker's fixed-width
+    RFC 3339 with nanoseconds, so it sorts as text) and how many messages carried it. Each
+    stream's timestamps only grow, but stdout and stderr are written by separate copiers, so
+    they are tracked apart. Docker's `since` is in whole seconds and inclusive: a later pass
+    repeats messages, and `fresh` skips them."""
+
+    def __init__(self) -> None:
+        self._last: dict[Stream, str] = {}
+        self._count: dict[Stream, int] = {}
+        self._this_pass: dict[Stream, int] = {}
+
+    def new_pass(self) -> int:
+        """Starts a pass; returns its `since` (0: from the start)."""
+        self._this_pass = {}
+        if len(self._last) < 2:
+            return 0
+        oldest = min(self._last.values())
+        return int(datetime.fromisoformat(oldest[:19] + "+00:00").timestamp())
+
+    def fresh(self, stream: Stream, stamp: str) -> bool:
+        last = self._last.get(stream, "")
+        if stamp < last:
+            return False
+        if stamp > last:
+            self._last[stream], self._count[stream], self._this_pass[stream] = stamp, 1, 1
+            return True
+        seen = self._this_pass[stream] = self._this_pass.get(stream, 0) + 1
+        if seen <= self._count[stream]:
+            return False
+        self._count[stream] = seen
+        return True
+
+
+class _Lines:
+    """Log messages → lines, per stream (Docker splits lines over 16 KiB into messages)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+
+    def add(self, stream: Stream, data: bytes) -> Iterator[tuple[Stream, bytes]]:
+        buffer = self._pending[stream]
+        buffer += data
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0 and len(buffer) < MAX_LINE_BYTES:
+                return
+            cut = end + 1 if 0 <= end < MAX_LINE_BYTES else MAX_LINE_BYTES
+            yield stream, bytes(buffer[:cut])
+            del buffer[:cut]
+
+    def rest(self) -> Iterator[tuple[Stream, bytes]]:
+        for stream, buffer in self._pending.items():
+            if buffer:
+                yield stream, bytes(buffer)
+                buffer.clear()
+
+
+def _read_exactly(raw: Any, size: int) -> bytes:
+    parts = []
+    while size > 0:
+        chunk = raw.read(size)
+        if not chunk:
+            break
+        parts.append(bytes(chunk))
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+def _docker_time(text: str) -> datetime | None:
+    """Docker's RFC 3339 times have nanoseconds; an unset one is year 1."""
+    if not text or text.startswith("0001-"):
+        return None
+    return datetime.fromisoformat(text)
+
+
+def _explain(error: Exception) -> str:
+    if isinstance(error, docker.errors.APIError):
+        return str(error.explanation or error)
+    return str(error)
+
+
+@contextmanager
+def _docker_errors(subject: str, image: bool = False) -> Iterator[None]:
+    """Docker's exceptions as ContainerErrors that name `subject` (an image or container)."""
+    try:
+        yield
+    except docker.errors.NotFound as e:
+        if image and (isinstance(e, docker.errors.ImageNotFound) or "image" in _explain(e)):
+            raise ImageNotFound(subject) from e
+        raise ContainerNotFound(subject) from e
+    except docker.errors.APIError as e:
+        if e.status_code == 409 and "already in use" in _explain(e):
+            raise NameInUse(_explain(e)) from e
+        raise ContainerError(f"Docker refused a request about {subject}: {_explain(e)}") from e
+    except (requests.exceptions.RequestException, docker.errors.DockerException) as e:
+        raise EngineUnavailable(f"the Docker engine did not answer: {e}") from e
