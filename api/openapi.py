@@ -160,6 +160,39 @@ def document(version: str) -> dict[str, Any]:
                     ),
                 ),
             },
+            "/v1/apps/{app}/ps/stop": {
+                "parameters": [_APP],
+                "post": _op(
+                    "Stop one process (web.1 or a task id); it is replaced",
+                    {"200": _json({"type": "object"})},
+                    requestBody=_body(
+                        {
+                            "type": "object",
+                            "required": ["task"],
+                            "properties": {"task": {"type": "string"}},
+                        }
+                    ),
+                ),
+            },
+            "/v1/apps/{app}/ps/restart": {
+                "parameters": [_APP],
+                "post": _op(
+                    "Rolling restart of a process type (or all); or restart one process",
+                    {"200": _json({"type": "object"})},
+                    requestBody=_body(
+                        {"type": "object", "properties": {"target": {"type": "string"}}}, False
+                    ),
+                ),
+            },
+            "/v1/apps/{app}/limits": {
+                "parameters": [_APP],
+                "get": _op("Memory and CPU per process type", {"200": _json({"type": "object"})}),
+                "patch": _op(
+                    "Set memory (512m, 1g) and cpu (0.5) per process type",
+                    {"200": _json({"type": "object"})},
+                    requestBody=_body({"type": "object"}),
+                ),
+            },
             "/v1/tokens": {
                 "get": _op(
                     "List tokens", {"200": _json({"type": "array", "items": _ref("Token")})}

@@ -1,4 +1,4 @@
-"""releases, releases:info, rollback, ps:scale."""
+"""releases, releases:info, rollback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from berth.cli.common import (
     app_option,
     client,
     json_option,
-    parse_pairs,
     parse_version,
     resolve_app,
 )
@@ -85,25 +84,3 @@ def rollback(version: str | None, app: str | None, as_json: bool) -> None:
         emit_json(release)
     else:
         click.echo(f"{release['description']} on {name}: v{release['version']}")
-
-
-@click.command("ps:scale")
-@click.argument("changes", nargs=-1, metavar="TYPE=N...")
-@app_option
-@json_option
-def scale(changes: tuple[str, ...], app: str | None, as_json: bool) -> None:
-    """Set how many processes of each type should run (no arguments: show the formation)."""
-    name = resolve_app(app)
-    wanted: dict[str, int] = {}
-    for ptype, quantity in parse_pairs(changes, "TYPE=N"):
-        if not quantity.isdigit():
-            raise click.UsageError(f"{ptype}={quantity[:10]}: the quantity must be a number")
-        wanted[ptype] = int(quantity)
-    api = client()
-    path = f"/v1/apps/{name}/formation"
-    formation = api.call("PATCH", path, wanted) if wanted else api.get(path)
-    if as_json:
-        emit_json(formation)
-        return
-    shown = ", ".join(f"{k}={v}" for k, v in sorted(formation.items())) or "no processes"
-    click.echo(f"{'Scaled' if wanted else 'Formation of'} {name}: {shown}")

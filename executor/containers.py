@@ -271,7 +271,7 @@ class Containers:
             raise StartFailed(f"container {spec.name} did not start: {_explain(e)}") from e
         log.info(
             "container started",
-            extra={"container": container_id, "name": spec.name, "image": spec.image},
+            extra={"container": container_id, "container_name": spec.name, "image": spec.image},
         )
         return container_id
 

@@ -117,6 +117,48 @@ def validate_formation_changes(changes: object, process_types: Mapping[str, str]
     return checked
 
 
+MIN_MEMORY_MB, MAX_MEMORY_MB = 16, 64 * 1024
+MIN_CPUS, MAX_CPUS = 0.05, 64.0
+DEFAULT_MEMORY_MB, DEFAULT_CPUS = 256, 0.25
+_MEMORY = re.compile(r"^([0-9]+)([mMgG]?)$")
+
+
+def validate_limits(
+    changes: object, process_types: Mapping[str, str]
+) -> dict[str, dict[str, float]]:
+    """`{"web": {"memory": "512m", "cpu": 1}}` → `{"web": {"memory_mb": 512, "cpus": 1.0}}`."""
+    if not isinstance(changes, dict) or not changes:
+        raise Invalid("limits need a non-empty object of TYPE: {memory, cpu}")
+    checked: dict[str, dict[str, float]] = {}
+    for ptype, limits in changes.items():
+        if not PROCESS_TYPE.fullmatch(ptype):
+            raise Invalid(f"invalid process type {ptype[:40]!r}")
+        if process_types and ptype not in process_types:
+            known = ", ".join(sorted(process_types))
+            raise Invalid(f"no process type {ptype!r} in the current release (it has: {known})")
+        if not isinstance(limits, dict) or not limits or set(limits) - {"memory", "cpu"}:
+            raise Invalid(f"limits of {ptype} take memory (like 512m or 1g) and cpu (like 0.5)")
+        out: dict[str, float] = {}
+        if "memory" in limits:
+            match = _MEMORY.fullmatch(str(limits["memory"]))
+            if not match:
+                raise Invalid(f"memory of {ptype} must look like 512m or 1g")
+            mb = int(match.group(1)) * (1024 if match.group(2).lower() == "g" else 1)
+            if not MIN_MEMORY_MB <= mb <= MAX_MEMORY_MB:
+                raise Invalid(f"memory of {ptype} must be {MIN_MEMORY_MB}m to {MAX_MEMORY_MB}m")
+            out["memory_mb"] = mb
+        if "cpu" in limits:
+            try:
+                cpus = float(limits["cpu"])
+            except (TypeError, ValueError):
+                raise Invalid(f"cpu of {ptype} must be a number like 0.5") from None
+            if not MIN_CPUS <= cpus <= MAX_CPUS:
+                raise Invalid(f"cpu of {ptype} must be between {MIN_CPUS} and {MAX_CPUS}")
+            out["cpus"] = cpus
+        checked[ptype] = out
+    return checked
+
+
 def _clip(text: str) -> str:
     if len(text) <= MAX_DESCRIPTION_CHARS:
         return text
@@ -219,6 +261,7 @@ class Task:
     hostname: str = ""
     port: int = 0
     healthy: bool | None = None  # None: no check reported
+    launched_at: float = 0.0  # epoch seconds the framework launched it
     started_at: float = 0.0  # epoch seconds; 0 until running
     updated_at: float = 0.0
     exit_code: int | None = None
@@ -241,7 +284,8 @@ class Task:
             "id": self.id, "app": self.app, "process": self.process, "index": self.index,
             "release": self.release, "state": self.state, "agent_id": self.agent_id,
             "hostname": self.hostname, "port": self.port, "healthy": self.healthy,
-            "started_at": self.started_at, "updated_at": self.updated_at,
+            "launched_at": self.launched_at, "started_at": self.started_at,
+            "updated_at": self.updated_at,
             "exit_code": self.exit_code, "message": self.message,
         }  # fmt: skip
 

@@ -6,7 +6,8 @@ Rules:
   should hold one running task of the app's current release.
 - Scale down: every task in a slot above the quantity is killed (highest indexes go first
   because they are the ones above the quantity).
-- Deploy, new before old: a slot holding only an older release gets a new task first; once that
+- Deploy (or rolling restart: tasks launched before the restart count as old), new before old:
+  a slot holding only an older release gets a new task first; once that
   task is running and healthy the old one is killed. At most `max_surge` such replacements per
   process type are in flight at once, so a deploy rolls through the slots.
 - A slot with no live task (scale up, crash, lost task) is refilled at once unless its crash
@@ -73,6 +74,8 @@ class Desired:
     release: int
     formation: Mapping[str, int]
     needs: Mapping[str, Resources]
+    # process type → epoch: tasks launched before count as old (`ps:restart`, rolling)
+    restarted: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +183,9 @@ def plan(
             to_replace: list[int] = []
             for index in range(1, quantity + 1):
                 live = [t for t in slots.get(index, ()) if t.state not in _LEAVING]
-                current = [t for t in live if t.release == want.release]
-                old = [t for t in live if t.release != want.release]
+                since = want.restarted.get(process, 0.0)
+                current = [t for t in live if t.release == want.release and t.launched_at >= since]
+                old = [t for t in live if t not in current]
                 if current:
                     keep = _keeper(current)
                     kills.extend(t.id for t in current if t is not keep)

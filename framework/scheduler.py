@@ -35,7 +35,13 @@ from addict import Dict
 
 from berth.framework import mesos
 from berth.framework.errors import BerthError
-from berth.framework.model import TERMINAL_STATES, Release, Task
+from berth.framework.model import (
+    DEFAULT_CPUS,
+    DEFAULT_MEMORY_MB,
+    TERMINAL_STATES,
+    Release,
+    Task,
+)
 from berth.framework.plan import Backoff, Desired, Offer, Plan, Resources, backoff_after_exit, plan
 from berth.framework.state import Store
 from berth.framework.taskinfo import HealthCheck, Payload, build_task_info, task_env
@@ -59,7 +65,6 @@ STATES = {
     "TASK_UNREACHABLE": "unreachable",
 }
 CRASHES = frozenset({"failed", "finished"})
-DEFAULT_NEEDS = Resources(cpus=0.25, mem=256.0, disk=0.0)
 REVIVE_EVERY = 5.0
 
 
@@ -276,6 +281,7 @@ class Scheduler:
         self._forget_ended(now)
         if not self._registered:
             return
+        self._honour_stops(now)
         decided = plan(
             self._desired, self._tasks.values(), list(self._offers.values()), self._backoffs, now
         )
@@ -288,9 +294,26 @@ class Scheduler:
             formation = self._store.get_formation(app.name)
             if release.artifact is None:
                 formation = {}  # nothing to run until a build or an image deploy
-            needs = dict.fromkeys(formation, DEFAULT_NEEDS)
-            desired.append(Desired(app.name, release.version, formation, needs))
+            limits = self._store.get_limits(app.name)
+            needs = {
+                process: Resources(
+                    cpus=float(limits.get(process, {}).get("cpus", DEFAULT_CPUS)),
+                    mem=float(limits.get(process, {}).get("memory_mb", DEFAULT_MEMORY_MB)),
+                )
+                for process in formation
+            }
+            restarts = self._store.get_restarts(app.name)
+            desired.append(Desired(app.name, release.version, formation, needs, restarts))
         return desired
+
+    def _honour_stops(self, now: float) -> None:
+        """`ps:stop` requests: kill the task (the plan replaces it), drop the request."""
+        for task_id in self._store.stop_requests():
+            task = self._tasks.get(task_id)
+            if task is not None and task.live and task.state != "killing":
+                self._driver.killTask(task_id, task.agent_id or None, self._options.grace_seconds)
+                self._tasks[task_id] = replace(task, state="killing", updated_at=now)
+            self._store.clear_stop(task_id)
 
     def _release(self, app: str, version: int) -> Release:
         key = (app, version)
@@ -342,6 +365,7 @@ class Scheduler:
                 agent_id=launch.agent_id,
                 hostname=launch.hostname,
                 port=launch.port,
+                launched_at=now,
                 updated_at=now,
             )
             self._tasks[task.id] = task

@@ -9,6 +9,9 @@ The znode tree, under the chroot given by `--zk HOSTS/chroot` (default `/berth`)
     /tokens/<id>                   {"id", "digest" (SHA-256 of the token), "description", …}
     /apps/<name>                   {"name", "created_at", "release": N}: N is the newest release
     /apps/<name>/formation         {"web": 1, …}: process type → quantity
+    /apps/<name>/limits            {"web": {"memory_mb": 512, "cpus": 1.0}, …}
+    /apps/<name>/restarts          {"web": <epoch>, …}: tasks launched before are replaced
+    /stops/<task id>               a request (`ps:stop`) for the leader to kill that task
     /framework/id                  {"id": …}: the Mesos FrameworkInfo id, kept across failovers
     /framework/election/…          leader election (leader.py)
     /tasks/<task id>               one znode per task the framework launched: model.Task's JSON;
@@ -72,6 +75,7 @@ from berth.framework.model import (
     describe_config_changes,
     now,
     validate_formation_changes,
+    validate_limits,
 )
 from berth.framework.sealing import Sealer
 
@@ -149,7 +153,7 @@ class Store:
             self._zk.stop()
             raise Unavailable(f"ZooKeeper at {self._hosts} did not answer in {wait:.0f}s") from None
         with self._mapped("set up the znode tree"):
-            for path in ("/apps", "/tokens", "/tasks", "/framework"):
+            for path in ("/apps", "/tokens", "/tasks", "/framework", "/stops"):
                 self._zk.ensure_path(path)
             if self._zk.exists("/meta") is None:
                 with suppress(NodeExistsError):
@@ -581,6 +585,69 @@ class Store:
                 if app is None or task.app == app:
                     tasks.append(task)
         return sorted(tasks, key=lambda t: (t.app, t.process, t.index, t.id))
+
+    # -- limits, restarts, stops -------------------------------------------------------------
+
+    def _read_map(self, path: str, doing: str) -> tuple[dict[str, Any], int]:
+        """A small JSON map znode and its version; an absent one (older apps) is empty (-1)."""
+        with self._mapped(doing):
+            try:
+                data, stat = self._get(path)
+            except NoNodeError:
+                return {}, -1
+        return data, stat.version
+
+    def _merge_map(self, app: str, name: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """CAS-merge `changes` into /apps/<app>/<name>; NotFound if the app is gone."""
+        path = f"/apps/{app}/{name}"
+        for _ in range(_CAS_ATTEMPTS):
+            self.get_app(app)
+            data, version = self._read_map(path, f"read {name} of {app}")
+            merged = {**data, **changes}
+            with self._mapped(f"change {name} of {app}"):
+                try:
+                    if version < 0:
+                        self._zk.create_async(path, _dump(merged)).get(timeout=self._timeout)
+                    else:
+                        self._zk.set_async(path, _dump(merged), version=version).get(
+                            timeout=self._timeout
+                        )
+                except (BadVersionError, NodeExistsError):
+                    continue
+                except NoNodeError:
+                    raise NotFound(f"no app named {app}") from None
+            return merged
+        raise Conflict(f"{name} of {app} are changing too fast; try again")
+
+    def get_limits(self, app: str) -> dict[str, dict[str, float]]:
+        self.get_app(app)
+        return self._read_map(f"/apps/{app}/limits", f"read limits of {app}")[0]
+
+    def set_limits(self, app: str, changes: object) -> dict[str, dict[str, float]]:
+        """Validated against the newest release's process types; merged per type."""
+        checked = validate_limits(changes, self.get_release(app).process_types)
+        current = self.get_limits(app)
+        merged = {p: {**current.get(p, {}), **lim} for p, lim in checked.items()}
+        return self._merge_map(app, "limits", merged)
+
+    def get_restarts(self, app: str) -> dict[str, float]:
+        return self._read_map(f"/apps/{app}/restarts", f"read restarts of {app}")[0]
+
+    def request_restart(self, app: str, process_types: list[str], at: float) -> None:
+        """Tasks of these types launched before `at` are replaced, new before old."""
+        self._merge_map(app, "restarts", dict.fromkeys(process_types, at))
+
+    def request_stop(self, task_id: str) -> None:
+        with self._mapped(f"ask to stop {task_id}"), suppress(NodeExistsError):
+            self._zk.create_async(f"/stops/{task_id}", b"").get(timeout=self._timeout)
+
+    def stop_requests(self) -> list[str]:
+        with self._mapped("read stop requests"):
+            return sorted(self._zk.get_children_async("/stops").get(timeout=self._timeout))
+
+    def clear_stop(self, task_id: str) -> None:
+        with self._mapped(f"clear the stop request of {task_id}"), suppress(NoNodeError):
+            self._zk.delete_async(f"/stops/{task_id}").get(timeout=self._timeout)
 
     # -- tokens ------------------------------------------------------------------------------
 

@@ -264,3 +264,33 @@ def test_image_deploy_and_ps(api: Api, zookeeper: ZooKeeper, chroot: str) -> Non
     assert ps["tasks"][1]["uptime"] is None
     assert ps["tasks"][1]["exit_code"] == 3
     error(api.call("GET", "/v1/apps/ghost/ps"), 404, "not_found")
+
+
+def test_limits_stop_and_restart(api: Api, zookeeper: ZooKeeper, chroot: str) -> None:
+    api.call("POST", "/v1/apps", json={"name": "ops"})
+    api.call("POST", "/v1/apps/ops/deploy", json={"image": "ops:v1"})
+    assert api.call("GET", "/v1/apps/ops/limits").json() == {
+        "web": {"memory_mb": 256, "cpus": 0.25}
+    }
+    changed = api.call("PATCH", "/v1/apps/ops/limits", json={"web": {"memory": "1g", "cpu": 1}})
+    assert changed.json() == {"web": {"memory_mb": 1024, "cpus": 1.0}}
+    for bad in ({"web": {"memory": "huge"}}, {"worker": {"cpu": 1}}, {"web": {"cpu": -1}}):
+        error(api.call("PATCH", "/v1/apps/ops/limits", json=bad), 422, "invalid")
+    assert api.call("GET", "/v1/apps/ops/limits").json()["web"]["memory_mb"] == 1024
+
+    store = Store(zookeeper.hosts, chroot, Sealer(load_or_create_key(api.server.data_dir)))
+    store.start()
+    try:
+        store.put_task(Task("ops.web.1.v2.aa", "ops", "web", 1, 2, "running"))
+        stopped = api.call("POST", "/v1/apps/ops/ps/stop", json={"task": "web.1"})
+        assert stopped.json() == {"stopping": ["ops.web.1.v2.aa"]}
+        assert store.stop_requests() == ["ops.web.1.v2.aa"]
+        assert "no running process web.7" in error(
+            api.call("POST", "/v1/apps/ops/ps/stop", json={"task": "web.7"}), 404, "not_found"
+        )
+        before = time.time()
+        assert api.call("POST", "/v1/apps/ops/ps/restart").json() == {"restarting": ["web"]}
+        assert store.get_restarts("ops")["web"] >= before
+        error(api.call("POST", "/v1/apps/ops/ps/restart", json={"target": "Bad.1"}), 422, "invalid")
+    finally:
+        store.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import queue
 import socket
 import threading
@@ -312,3 +313,12 @@ def test_a_taken_name_is_an_error(containers: Containers, test_image: str) -> No
     containers.run(first)
     with pytest.raises(ContainerError, match="already in use"):
         containers.run(replace(first, command=["true"]))
+
+
+def test_run_logs_without_clashing_with_logging_fields(
+    containers: Containers, test_image: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`extra=` keys must not collide with LogRecord attributes (such as `name`)."""
+    caplog.set_level(logging.INFO, logger="berth.executor.containers")
+    containers.run(spec(test_image, "true"))
+    assert any("container_name" in vars(r) for r in caplog.records)

@@ -85,3 +85,27 @@ def test_formation_validation() -> None:
     for bad in ({"web": -1}, {"web": 101}, {"web": "2"}, {"web": True}, {"Web": 1}, {}):
         with pytest.raises(Invalid):
             validate_formation_changes(bad, {})
+
+
+def test_limits_validation() -> None:
+    from berth.framework.model import validate_limits
+
+    assert validate_limits({"web": {"memory": "512m", "cpu": 1}}, {}) == {
+        "web": {"memory_mb": 512, "cpus": 1.0}
+    }
+    assert validate_limits({"web": {"memory": "1g"}}, {"web": ""}) == {"web": {"memory_mb": 1024}}
+    for bad in (
+        {"web": {"memory": "lots"}},
+        {"web": {"memory": "1t"}},
+        {"web": {"memory": "8m"}},
+        {"web": {"cpu": "fast"}},
+        {"web": {"cpu": 0}},
+        {"web": {"disk": 1}},
+        {"web": {}},
+        {"Web": {"cpu": 1}},
+        {},
+    ):
+        with pytest.raises(Invalid):
+            validate_limits(bad, {})
+    with pytest.raises(Invalid, match="no process type 'worker'"):
+        validate_limits({"worker": {"cpu": 1}}, {"web": ""})

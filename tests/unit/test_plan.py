@@ -189,3 +189,19 @@ def test_an_unreachable_task_is_replaced_and_killed_if_it_comes_back() -> None:
     assert [launch.index for launch in result.launches] == [1]
     back = [replace(gone, state="running"), replace(task(1, agent="a2", started=5.0), id="new")]
     assert plan([want(web=1)], back, [], {}, now=0).kills == ["new"]
+
+
+def test_a_rolling_restart_replaces_tasks_launched_before_it_new_before_old() -> None:
+    tasks = [replace(task(1), launched_at=10.0), replace(task(2), launched_at=10.0)]
+    restarted = Desired("shop", 2, {"web": 2}, {"web": WEB}, restarted={"web": 20.0})
+    step1 = plan([restarted], tasks, [offer(1)], {}, now=30)
+    assert [(launch.index, launch.release) for launch in step1.launches] == [(1, 2)]
+    assert step1.kills == []
+    fresh = replace(task(1), id="fresh", launched_at=30.0)
+    step2 = plan([restarted], [*tasks, fresh], [offer(1)], {}, now=31)
+    assert step2.kills == [tasks[0].id]
+    assert [launch.index for launch in step2.launches] == [2]
+    # other process types are not restarted
+    worker = replace(task(1, process="worker"), launched_at=10.0)
+    both = Desired("shop", 2, {"worker": 1}, {"worker": WEB}, restarted={"web": 20.0})
+    assert plan([both], [worker], [offer(1)], {}, now=30).launches == []

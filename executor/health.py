@@ -1,0 +1,167 @@
+"""Health checks the executor runs itself: Mesos honours `TaskInfo.health_check` only in its
+built-in executors, so a custom executor probes its task and reports `healthy` on RUNNING.
+
+A `Probe` checks once: `tcp` connects to the host port, `http` sends `GET path` there and wants
+a 2xx or 3xx answer, `none` always passes. Docker publishes ports through `docker-proxy`, which
+accepts a connection on the host port even when nothing listens in the container and then
+closes it at once; so a TCP connection counts only if it stays open (or the server speaks)
+for `settle` seconds. A server that accepts and closes straight away reads as unhealthy.
+
+A `HealthWatch` runs in a thread of its own (the executor starts one per task): it probes until
+the first pass, then every `interval`, and calls `on_change(healthy, detail)` on each
+transition — the first pass, `failures` consecutive failures, the first pass after them. It
+returns when its `stop` event is set (the container exited, or a kill began).
+
+Must not import flask, kazoo, berth.api or berth.cli (import-linter contract); uses only the
+standard library.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+KINDS = ("tcp", "http", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One check of a task's port on this host."""
+
+    kind: str  # one of KINDS
+    port: int
+    path: str = "/"
+    host: str = "127.0.0.1"
+    timeout: float = 2.0
+    settle: float = 0.2  # a TCP connection must stay open this long (docker-proxy, above)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"health check {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.kind != "none" and not 1 <= self.port <= 65535:
+            raise ValueError(f"health check port {self.port} is out of range")
+        if self.kind == "http" and not self.path.startswith("/"):
+            raise ValueError(f"health check path {self.path!r} must start with /")
+
+    def check(self) -> Outcome:
+        if self.kind == "tcp":
+            return self._tcp()
+        if self.kind == "http":
+            return self._http()
+        return Outcome(True, "no health check")
+
+    def _tcp(self) -> Outcome:
+        address = f"{self.host}:{self.port}"
+        try:
+            with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
+                sock.settimeout(self.settle)
+                try:
+                    if sock.recv(1) == b"":
+                        return Outcome(False, f"{address} closed the connection at once")
+                except TimeoutError:
+                    pass  # open and quiet: someone listens
+        except OSError as e:
+            return Outcome(False, f"tcp {address}: {e}")
+        return Outcome(True, f"tcp {address} accepts connections")
+
+    def _http(self) -> Outcome:
+        url = f"http://{self.host}:{self.port}{self.path}"
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            connection.request("GET", self.path, headers={"User-Agent": "berth-executor"})
+            response = connection.getresponse()
+            response.read(64 * 1024)
+            status = response.status
+        except (OSError, http.client.HTTPException) as e:
+            return Outcome(False, f"GET {url}: {type(e).__name__}: {e}")
+        finally:
+            connection.close()
+        if 200 <= status < 400:
+            return Outcome(True, f"GET {url}: {status}")
+        return Outcome(False, f"GET {url}: {status}")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How often to probe and when to change one's mind. Until the first pass the probe is
+    retried every `startup_interval`, for as long as the task lives."""
+
+    interval: float = 10.0
+    failures: int = 3
+    startup_interval: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0 or self.startup_interval <= 0:
+            raise ValueError("health check intervals must be positive")
+        if self.failures < 1:
+            raise ValueError("health check failures must be at least 1")
+
+
+class HealthWatch:
+    """Probes one task until `stop` is set; reports transitions to `on_change`, which must
+    not block for long (the executor queues a status update)."""
+
+    def __init__(
+        self,
+        probe: Probe,
+        policy: Policy,
+        on_change: Callable[[bool, str], None],
+        stop: threading.Event,
+    ) -> None:
+        self._probe = probe
+        self._policy = policy
+        self._on_change = on_change
+        self._stop = stop
+
+    def run(self) -> None:
+        if not self._wait_first_pass():
+            return
+        healthy, failed = True, 0
+        while not self._stop.wait(self._policy.interval):
+            outcome = self._probe.check()
+            if self._stop.is_set():
+                return
+            if outcome.ok:
+                failed = 0
+                if not healthy:
+                    healthy = True
+                    log.info("task healthy again: %s", outcome.detail)
+                    self._on_change(True, outcome.detail)
+                continue
+            failed += 1
+            log.info(
+                "health check failed: %s",
+                outcome.detail,
+                extra={"failures": failed, "threshold": self._policy.failures},
+            )
+            if healthy and failed >= self._policy.failures:
+                healthy = False
+                self._on_change(False, f"{failed} health checks failed; last: {outcome.detail}")
+
+    def _wait_first_pass(self) -> bool:
+        attempts = 0
+        while not self._stop.is_set():
+            outcome = self._probe.check()
+            attempts += 1
+            if self._stop.is_set():
+                return False
+            if outcome.ok:
+                log.info("task healthy: %s", outcome.detail, extra={"attempts": attempts})
+                self._on_change(True, outcome.detail)
+                return True
+            if attempts == 1 or attempts % 20 == 0:
+                log.info("waiting for the task to become healthy: %s", outcome.detail)
+            self._stop.wait(self._policy.startup_interval)
+        return False
