@@ -73,3 +73,14 @@ def settings_args(settings: Settings) -> list[str]:
         f"--api-addr={host}:{settings.api_port}",
         f"--domain={settings.domain}",
     ]
+
+
+def master_option(fn: F) -> F:
+    """--master: `local` (this machine), `host:5050`, or `zk://host:2181/mesos`."""
+    return click.option(
+        "--master",
+        envvar="BERTH_MASTER",
+        default="local",
+        show_default=True,
+        help="local (this machine), HOST:5050, or zk://HOST:2181/mesos",
+    )(fn)

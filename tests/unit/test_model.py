@@ -94,6 +94,7 @@ def test_limits_validation() -> None:
         "web": {"memory_mb": 512, "cpus": 1.0}
     }
     assert validate_limits({"web": {"memory": "1g"}}, {"web": ""}) == {"web": {"memory_mb": 1024}}
+    bad: object
     for bad in (
         {"web": {"memory": "lots"}},
         {"web": {"memory": "1t"}},

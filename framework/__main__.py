@@ -1,0 +1,3 @@
+from berth.framework.main import command
+
+command(prog_name="berth framework")
