@@ -140,14 +140,16 @@ def scale(
         click.echo("Nothing runs until the app is deployed (git push or berth deploy).")
         return
     deadline = time.monotonic() + timeout
+    shown_status = ""
     while True:
         done, status = _progress(api, name, wanted)
-        click.echo(f"\r  {status}   ", nl=False)
+        if status != shown_status:
+            click.echo(f"  {status} running")
+            shown_status = status
         if done:
-            click.echo("\n  done")
+            click.echo("  done")
             return
         if time.monotonic() > deadline:
-            click.echo()
             raise click.ClickException(
                 f"not all processes are up after {timeout}s ({status}); see berth ps -a {name}"
             )

@@ -60,7 +60,13 @@ def framework_info(settings: Settings, framework_id: str | None) -> dict[str, An
     return info
 
 
-def lead(settings: Settings, master: str, store: Store, fence: threading.Event) -> None:
+def lead(
+    settings: Settings,
+    master: str,
+    ports: tuple[int, int],
+    store: Store,
+    fence: threading.Event,
+) -> None:
     """One term as leader: subscribe, schedule until fenced, leave the framework to fail over."""
     events = Events()
     info = framework_info(settings, store.framework_id())
@@ -68,7 +74,7 @@ def lead(settings: Settings, master: str, store: Store, fence: threading.Event) 
     agent: LocalAgent | None = None
     if master == "local":
         agent = LocalAgent(settings.data_dir / "agent")
-        driver = LocalSchedulerDriver(events, info, agent)
+        driver = LocalSchedulerDriver(events, info, agent, ports=ports)
     else:
         driver = MesosSchedulerDriver(events, info, lambda: mesos_master.resolve(master))
     options = Options(instance=store.instance_id())
@@ -83,10 +89,24 @@ def lead(settings: Settings, master: str, store: Store, fence: threading.Event) 
             agent.stop()  # executors keep running: a restarted Berth adopts them
 
 
+def parse_ports(value: str) -> tuple[int, int]:
+    low, _, high = value.partition("-")
+    if not (low.isdigit() and high.isdigit() and 1024 <= int(low) <= int(high) <= 65535):
+        raise click.BadParameter(f"{value!r}: expected LOW-HIGH, like 31000-32000")
+    return int(low), int(high)
+
+
 @click.command("framework")
 @settings_options
 @master_option
-def command(settings: Settings, master: str) -> None:
+@click.option(
+    "--local-ports",
+    envvar="BERTH_LOCAL_PORTS",
+    default="31000-32000",
+    show_default=True,
+    help="Local mode: the host ports this machine offers to tasks",
+)
+def command(settings: Settings, master: str, local_ports: str) -> None:
     """Run the Mesos framework (scheduler) alone (`berth server` runs it for you)."""
     jsonlog.setup("framework")
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -102,7 +122,8 @@ def command(settings: Settings, master: str) -> None:
     identity = f"{socket.gethostname()}:{os.getpid()}"
     leadership = Leadership(settings.zk_hosts, settings.zk_chroot, identity)
     try:
-        kept = leadership.run(lambda fence: lead(settings, master, store, fence), stop)
+        ports = parse_ports(local_ports)
+        kept = leadership.run(lambda fence: lead(settings, master, ports, store, fence), stop)
     finally:
         store.stop()
     if not kept:

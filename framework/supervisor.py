@@ -1,7 +1,7 @@
 """`berth server`: run the control plane's processes on one machine and keep them running.
 
-Each component is its own process (`berth api` now; `berth framework` and `berth router` as
-they land), started with the same settings, restarted with backoff (1 s doubling to 30 s, reset
+Each component is its own process (`berth api`, `berth framework`; `berth router` when it
+lands), started with the same settings, restarted with backoff (1 s doubling to 30 s, reset
 after a minute up) if it dies, and stopped with SIGTERM (SIGKILL after a grace period) when the
 server is asked to stop. Starts children by command line only: imports no other berth package.
 
@@ -22,13 +22,13 @@ from types import FrameType
 import click
 
 from berth.framework import jsonlog
-from berth.framework.options import settings_args, settings_options
+from berth.framework.options import master_option, settings_args, settings_options
 from berth.framework.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Each component runs as `python -m <module>`: its own entry, without the CLI client code.
-COMPONENTS = {"api": "berth.api"}
+COMPONENTS = {"api": "berth.api", "framework": "berth.framework"}
 STOP_GRACE = 15.0
 BACKOFF_START, BACKOFF_MAX, HEALTHY_AFTER = 1.0, 30.0, 60.0
 
@@ -97,8 +97,9 @@ class Supervisor:
 
 @click.command("server")
 @settings_options
-def command(settings: Settings) -> None:
-    """Run Berth's control plane on this machine (the API now; more components as they land)."""
+@master_option
+def command(settings: Settings, master: str) -> None:
+    """Run Berth's control plane on this machine: the API and the framework (scheduler)."""
     jsonlog.setup("server")
     stop = threading.Event()
 
@@ -108,7 +109,16 @@ def command(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     children = [
-        Child(name, [sys.executable, "-m", module, *settings_args(settings)])
+        Child(
+            name,
+            [
+                sys.executable,
+                "-m",
+                module,
+                *settings_args(settings),
+                *([f"--master={master}"] if name == "framework" else []),
+            ],
+        )
         for name, module in COMPONENTS.items()
     ]
     log.info("berth server starting", extra={"components": list(COMPONENTS), "zk": settings.zk})

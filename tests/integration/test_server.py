@@ -27,8 +27,13 @@ def test_server_supervises_the_api(zookeeper: ZooKeeper, chroot: str, tmp_path: 
         assert "berth login http://127.0.0.1:" in server.log_path.read_text()
         assert token_file.read_text().strip() not in server.log_path.read_text()
         children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
-        assert len(children) == 1
-        os.kill(int(children[0]), signal.SIGKILL)
+        commands = {
+            pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[2].decode()
+            for pid in children
+        }
+        assert sorted(commands.values()) == ["berth.api", "berth.framework"]
+        api_pid = next(pid for pid, module in commands.items() if module == "berth.api")
+        os.kill(int(api_pid), signal.SIGKILL)
         time.sleep(0.5)
         server.wait_healthy(30)
         assert "api exited with -9; restarting" in server.log_path.read_text()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -159,3 +160,71 @@ class BerthApi:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait()
         self._proc = None
+
+
+class BerthFramework:
+    """`berth framework` (local mode) as a real process. Its executors outlive it on purpose,
+    so `cleanup` finds them by their sandbox under this data dir."""
+
+    def __init__(
+        self, zk_hosts: str, chroot: str, data_dir: Path, log_path: Path, ports: str
+    ) -> None:
+        self.argv = [
+            sys.executable,
+            "-m",
+            "berth.cli",
+            "framework",
+            f"--data-dir={data_dir}",
+            f"--zk={zk_hosts}{chroot}",
+            f"--local-ports={ports}",
+        ]
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def wait_leading(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while b'"msg": "leading"' not in self.log_path.read_bytes():
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"berth framework exited; see {self.log_path}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("berth framework did not lead")
+            time.sleep(0.1)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, sig)
+            self._proc.wait(30)
+        self._proc = None
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+
+def executor_pids(data_dir: Path) -> list[int]:
+    """Executor processes whose sandbox is under `data_dir` (found through /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"MESOS_DIRECTORY={data_dir}".encode() in environ:
+            pids.append(int(proc.name))
+    return pids
+
+
+def cleanup_executors(data_dir: Path) -> None:
+    for pid in executor_pids(data_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
