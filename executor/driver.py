@@ -52,6 +52,7 @@ from urllib.parse import urlsplit
 import requests
 from addict import Dict
 
+from berth.framework.mesos import post_call
 from berth.framework.recordio import Decoder, RecordIOError
 
 log = logging.getLogger(__name__)
@@ -491,25 +492,14 @@ class MesosExecutorDriver:
 
     def _post(self, call: dict[str, Any]) -> int | None:
         """POST one call; the HTTP status, or None if the agent could not be reached."""
-        try:
-            response = self._calls.post(
-                self._url,
-                json={**self._ids, **call},
-                headers=self._headers,
-                timeout=self._connect_timeout,
-            )
-        except requests.RequestException as exc:
-            log.warning("mesos agent call %s failed: %s", call["type"], type(exc).__name__)
-            return None
-        if response.status_code != 202:
-            log.error(
-                "mesos agent refused %s: %s %s",
-                call["type"],
-                response.status_code,
-                response.text[:500],
-                extra={"status": response.status_code},
-            )
-        return response.status_code
+        return post_call(
+            self._calls,
+            self._url,
+            {**self._ids, **call},
+            self._headers,
+            self._connect_timeout,
+            "mesos agent",
+        )
 
     def sendStatusUpdate(self, status: Any) -> bool:
         """Send a TaskStatus (needs `task_id` and `state`); `uuid`, `timestamp`, `source` and

@@ -29,7 +29,7 @@ import logging
 import random
 import socket
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -329,27 +329,15 @@ class MesosSchedulerDriver:
         if stream_id is None or base is None or framework_id is None:
             log.warning("not subscribed to mesos: dropping %s", call["type"])
             return False
-        body = {"framework_id": {"value": framework_id}, **call}
-        try:
-            response = self._calls.post(
-                base + SCHEDULER_PATH,
-                json=body,
-                headers={"Mesos-Stream-Id": stream_id, "Accept": "application/json"},
-                timeout=self._connect_timeout,
-            )
-        except requests.RequestException as exc:
-            log.warning("mesos call %s failed: %s", call["type"], type(exc).__name__)
-            return False
-        if response.status_code != 202:
-            log.error(
-                "mesos refused %s: %s %s",
-                call["type"],
-                response.status_code,
-                response.text[:500],
-                extra={"status": response.status_code},
-            )
-            return False
-        return True
+        status = post_call(
+            self._calls,
+            base + SCHEDULER_PATH,
+            {"framework_id": {"value": framework_id}, **call},
+            {"Mesos-Stream-Id": stream_id, "Accept": "application/json"},
+            self._connect_timeout,
+            "mesos master",
+        )
+        return status == 202
 
     def acceptOffers(
         self, offer_ids: Sequence[Any], operations: Sequence[Any], filters: Any = None
@@ -434,6 +422,34 @@ def _socket(response: requests.Response) -> socket.socket | None:
     connection = getattr(response.raw, "connection", None)
     sock = getattr(connection, "sock", None)
     return sock if isinstance(sock, socket.socket) else None
+
+
+def post_call(
+    session: requests.Session,
+    url: str,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+    timeout: float,
+    peer: str,
+) -> int | None:
+    """POST one v1 call (not SUBSCRIBE); the HTTP status, or None if `peer` was unreachable.
+    Anything but 202 Accepted is logged with the peer's answer."""
+    kind = body.get("type")
+    try:
+        response = session.post(url, json=body, headers=dict(headers), timeout=timeout)
+    except requests.RequestException as exc:
+        log.warning("%s call %s failed: %s", peer, kind, type(exc).__name__)
+        return None
+    if response.status_code != 202:
+        log.error(
+            "%s refused %s: %s %s",
+            peer,
+            kind,
+            response.status_code,
+            response.text[:500],
+            extra={"status": response.status_code},
+        )
+    return response.status_code
 
 
 def _set_read_timeout(response: requests.Response, seconds: float) -> None:

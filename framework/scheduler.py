@@ -155,6 +155,7 @@ class Scheduler:
         self._suppressed = False
         self._revived_at = 0.0
         self._registered = False
+        self._framework_id = ""
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -195,6 +196,7 @@ class Scheduler:
     def _on_registered(self, framework_id: str | None) -> None:
         if framework_id is not None:
             self._store.set_framework_id(framework_id)
+        self._framework_id = framework_id or self._store.framework_id() or ""
         self._registered = True
         self._offers.clear()
         self._suppressed = False
@@ -351,7 +353,7 @@ class Scheduler:
             )
             info = build_task_info(
                 launch,
-                self._store.framework_id() or "",
+                self._framework_id,
                 payload,
                 executor_command=self._options.executor_command,
             )
