@@ -97,7 +97,7 @@ def test_zookeeper_killed_mid_stream_loses_no_acknowledged_write(
         t.start()
     time.sleep(1.5)
     own_zookeeper.kill()
-    time.sleep(3)
+    time.sleep(7)  # longer than a request waits for ZooKeeper (5 s): some must answer 503
     own_zookeeper.start()
     own_api.server.wait_healthy(30)
     time.sleep(1.5)
