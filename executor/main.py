@@ -57,6 +57,7 @@ import queue
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -858,9 +859,29 @@ class BerthExecutor(Executor):
 # -- the program ---------------------------------------------------------------------------------
 
 
+def cleanup(containers: Containers, executor_id: str) -> int:
+    """Remove every container of one executor (its orphans, once it is gone)."""
+    for container in containers.find({LABEL_EXECUTOR: executor_id}):
+        containers.remove(container.id)
+        log.info(
+            "removed an orphaned container",
+            extra={"container": container.id, "executor_id": executor_id},
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one executor until its task has ended, the agent shut it down, or SIGTERM."""
+    """Run one executor until its task has ended, the agent shut it down, or SIGTERM.
+
+    `--cleanup EXECUTOR_ID` instead removes the containers a dead executor left behind (the
+    local agent runs it when an executor dies without ending its task)."""
     jsonlog.setup("executor")
+    args = sys.argv[1:] if argv is None else argv
+    if args:
+        if len(args) != 2 or args[0] != "--cleanup":
+            log.error("usage: berth-executor [--cleanup EXECUTOR_ID]")
+            return 2
+        return cleanup(Containers.from_env(), args[1])
     try:
         agent = AgentEnvironment.from_env(os.environ)
         settings = ExecutorSettings.from_env(os.environ)

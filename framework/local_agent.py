@@ -715,6 +715,25 @@ class LocalAgent:
         )
         return env
 
+    def _clean_up_after(self, run: _Run) -> None:
+        """An executor died without ending its task: run the same executor program with
+        `--cleanup EXECUTOR_ID` so the container it started does not outlive it unnoticed."""
+        command = run.task["executor"].get("command") or {}
+        argv = [str(a) for a in command.get("arguments") or []] or [str(command.get("value"))]
+        try:
+            proc = subprocess.Popen(
+                [*argv, "--cleanup", run.executor_id],
+                executable=str(command.get("value")),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.error("could not run the orphan cleanup: %s", exc, extra=self._extra(run))
+            return
+        threading.Thread(target=proc.wait, name="orphan-cleanup", daemon=True).start()
+
     def _spawn(self, run: _Run) -> None:
         command = run.task["executor"].get("command") or {}
         argv = [str(a) for a in command.get("arguments") or []] or [str(command.get("value"))]
@@ -759,6 +778,7 @@ class LocalAgent:
                 run,
                 self._status(run, "TASK_FAILED", "REASON_EXECUTOR_TERMINATED", f"Executor {what}"),
             )
+            self._clean_up_after(run)
         run.pid = run.pid_started = None
         self._save(run)
         if self._sink is not None and run.framework_id == self._framework_id():

@@ -5,6 +5,8 @@ a `kill -9` of the framework and a leader failover."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,7 +97,7 @@ def berth(
     b.start()
     yield b
     b.stop()
-    for app in ("e2e-web", "e2e-crash"):
+    for app in ("e2e-web", "e2e-crash", "e2e-orphan"):
         for container in docker_client.containers.list(
             all=True, filters={"label": f"berth.app={app}"}
         ):
@@ -208,3 +210,19 @@ def test_two_berths_on_one_docker_and_zookeeper_never_touch_each_other(
         two.stop()
         for c in docker_client.containers.list(all=True, filters={"label": "berth.app=e2e-same"}):
             c.remove(force=True)
+
+
+def test_a_dead_executor_leaves_no_container_behind(
+    berth: Berth, docker_client: docker.DockerClient, test_image: str
+) -> None:
+    deploy(berth.api, "e2e-orphan", test_image)
+    first = berth.running("e2e-orphan", 1)[0]
+    (old,) = containers_of(docker_client, "e2e-orphan")
+    (pid,) = executor_pids(berth.data)
+    os.kill(pid, signal.SIGKILL)
+    replaced = wait_for(
+        lambda: [t for t in berth.running("e2e-orphan", 1) if t["id"] != first["id"]]
+    )
+    assert replaced
+    wait_for(lambda: old not in containers_of(docker_client, "e2e-orphan"))
+    assert len(containers_of(docker_client, "e2e-orphan")) == 1
