@@ -73,6 +73,8 @@ class Options:
     instance: str  # this Berth's id: labels its containers
     grace_seconds: float = 30.0
     reconcile_every: float = 600.0
+    reconcile_retry: float = 5.0  # first retry of unanswered explicit reconciliation
+    reconcile_retry_max: float = 600.0
     desired_every: float = 1.0
     executor_command: list[str] | None = None
     decline_busy: float = 5.0  # refuse_seconds when something waits for a better offer
@@ -156,6 +158,11 @@ class Scheduler:
         self._revived_at = 0.0
         self._registered = False
         self._framework_id = ""
+        # Explicit reconciliation: tasks the master has not answered about yet, retried with
+        # truncated exponential backoff (it may take minutes to relearn tasks after failover).
+        self._unanswered: set[str] = set()
+        self._retry_at = 0.0
+        self._retry_delay = 0.0
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -200,15 +207,19 @@ class Scheduler:
         self._registered = True
         self._offers.clear()
         self._suppressed = False
-        known = [
-            {"task_id": {"value": t.id}, "agent_id": {"value": t.agent_id}}
-            for t in self._tasks.values()
-            if t.live and t.agent_id
-        ]
-        if known:
-            self._driver.reconcileTasks(known)
+        self._unanswered = {t.id for t in self._tasks.values() if t.live and t.agent_id}
+        self._retry_delay = self._options.reconcile_retry
+        self._reconcile_unanswered()
         self._driver.reconcileTasks([])
         self._reconciled_at = self._clock()
+
+    def _reconcile_unanswered(self) -> None:
+        tasks = [self._tasks[i] for i in sorted(self._unanswered) if i in self._tasks]
+        if tasks:
+            self._driver.reconcileTasks(
+                [{"task_id": {"value": t.id}, "agent_id": {"value": t.agent_id}} for t in tasks]
+            )
+        self._retry_at = self._clock() + self._retry_delay
 
     def _on_disconnected(self) -> None:
         self._registered = False
@@ -232,6 +243,7 @@ class Scheduler:
 
     def _on_update(self, status: Dict) -> None:
         task_id = str(status.task_id.value)
+        self._unanswered.discard(task_id)
         state = STATES.get(str(status.state), "gone")
         now = self._clock()
         task = self._tasks.get(task_id)
@@ -277,6 +289,9 @@ class Scheduler:
         if self._registered and now - self._reconciled_at > self._options.reconcile_every:
             self._driver.reconcileTasks([])
             self._reconciled_at = now
+        if self._registered and self._unanswered and now >= self._retry_at:
+            self._retry_delay = min(self._retry_delay * 2, self._options.reconcile_retry_max)
+            self._reconcile_unanswered()
         if self._desired is None or now - self._desired_at > self._options.desired_every:
             self._desired = self._read_desired()
             self._desired_at = now

@@ -69,7 +69,9 @@ class Running:
         self.events = Events()
         self.driver = MesosSchedulerDriver(self.events, framework, master.address, backoff_max=0.3)
         self.fence = threading.Event()
-        options = Options(instance="test", grace_seconds=2.0, desired_every=0.1)
+        options = Options(
+            instance="test", grace_seconds=2.0, desired_every=0.1, reconcile_retry=0.3
+        )
         self.scheduler = Scheduler(store, self.events, self.driver, options)
         self.thread = threading.Thread(target=self.scheduler.run, args=(self.fence,))
         self.driver.start()
@@ -185,9 +187,24 @@ def test_formation_to_tasks_and_back(store: Store) -> None:
         explicit = reconciles[0]["reconcile"]["tasks"]
         assert {"task_id": {"value": ids[0]}, "agent_id": {"value": "a1"}} not in explicit
         assert {t["task_id"]["value"] for t in explicit} >= {ids[1]}
-        wait_for(
-            lambda: len([c for c in master.calls[calls_before:] if c["type"] == "RECONCILE"]) >= 2
-        )
+
+        # the master does not answer: the explicit reconciliation is retried, backing off
+        def explicit() -> list[dict[str, Any]]:
+            return [
+                c
+                for c in master.calls[calls_before:]
+                if c["type"] == "RECONCILE" and c["reconcile"]["tasks"]
+            ]
+
+        wait_for(lambda: len(explicit()) >= 3)
+        assert explicit()[1]["reconcile"] == explicit()[0]["reconcile"]
+        # once it answers, the retries stop
+        for task in explicit()[0]["reconcile"]["tasks"]:
+            master.send(update(task["task_id"]["value"], "TASK_RUNNING", uuid=""))
+        time.sleep(1.5)
+        settled = len(explicit())
+        time.sleep(2.5)
+        assert len(explicit()) == settled
     finally:
         successor.stop()
         master.stop()
