@@ -93,7 +93,7 @@ def berth(
     docker_client: docker.DockerClient,
     test_image: str,
 ) -> Iterator[Berth]:
-    b = Berth(zookeeper, chroot, tmp_path, "33000-33099")
+    b = Berth(zookeeper, chroot, tmp_path, "30600-30699")
     b.start()
     yield b
     b.stop()
@@ -183,8 +183,8 @@ def test_crash_loop_backs_off_and_oom_is_reported(berth: Berth, test_image: str)
 def test_two_berths_on_one_docker_and_zookeeper_never_touch_each_other(
     zookeeper: ZooKeeper, tmp_path: Path, docker_client: docker.DockerClient, test_image: str
 ) -> None:
-    one = Berth(zookeeper, "/e2e-one", tmp_path / "one", "33100-33149")
-    two = Berth(zookeeper, "/e2e-two", tmp_path / "two", "33150-33199")
+    one = Berth(zookeeper, "/e2e-one", tmp_path / "one", "30700-30749")
+    two = Berth(zookeeper, "/e2e-two", tmp_path / "two", "30750-30799")
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     one.start()
