@@ -961,13 +961,11 @@ class LocalAgent:
             running = self._running
             run = self._known(framework_id, executor_id) if running else None
             extra = {"executor_id": executor_id, "framework_id": framework_id}
-            if not running:
-                pass
-            elif run is None or run.exited:
+            if running and (run is None or run.exited):
                 log.warning("unknown executor subscribed: shutting it down", extra=extra)
                 events.put({"type": "SHUTDOWN"})
                 events.put(None)
-            else:
+            elif running and run is not None:
                 adopted = run.recover_until is not None
                 if run.stream is not None:
                     run.stream.put(None)  # a new subscription replaces the old one
