@@ -25,8 +25,8 @@ driver resends it when it resubscribes) or the executor is shut down.
 Containers are named `berth-<task id>` (never `mesos-*`) and labelled with the payload's
 labels plus berth.task, berth.executor and berth.framework: a restarted executor given the same
 task adopts that task's running container instead of starting a second one, its shutdown
-removes every container carrying its executor id, and a janitor can find the orphans of
-executors that died.
+removes every container carrying its executor id, and `--cleanup EXECUTOR_ID` (which the local
+agent runs when an executor dies without ending its task) removes a dead executor's orphans.
 
 Threads: the driver's "mesos-executor" thread runs the callbacks, which only decide and queue
 (they never wait on Docker); "status-updates" sends the queued updates to the agent in order;
