@@ -724,6 +724,7 @@ class LocalAgent:
             proc = subprocess.Popen(
                 [*argv, "--cleanup", run.executor_id],
                 executable=str(command.get("value")),
+                cwd=self.sandbox(run.executor_id),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
