@@ -66,7 +66,7 @@ from bench._common import (
     parent_of,
     print_machine,
 )
-from bench.rss import Memory, mib, read_memory
+from bench.rss import Memory, mib, read_memory, table
 from berth.framework.model import MIN_CPUS, TERMINAL_STATES
 from berth.framework.plan import EXECUTOR
 from tests.support.images import busybox_available, docker_client, ensure_test_image
@@ -330,47 +330,6 @@ def berth_processes(api_pid: int, framework_pid: int, executors: set[int]) -> li
     return found
 
 
-def memory_table(rows: list[Memory]) -> Table:
-    body = [
-        [
-            m.role,
-            str(m.pid),
-            str(m.threads),
-            mib(m.rss_kib),
-            mib(m.anon_kib),
-            mib(m.file_kib),
-            mib(m.pss_kib),
-            mib(m.uss_kib),
-        ]
-        for m in rows
-    ]
-    body.append(
-        [
-            f"**total ({len(rows)} processes)**",
-            "",
-            "",
-            mib(sum(m.rss_kib for m in rows)),
-            mib(sum(m.anon_kib for m in rows)),
-            mib(sum(m.file_kib for m in rows)),
-            mib(sum(m.pss_kib or 0 for m in rows)),
-            mib(sum(m.uss_kib or 0 for m in rows)),
-        ]
-    )
-    return Table(
-        [
-            "process",
-            "pid",
-            "threads",
-            "VmRSS MiB",
-            "anon MiB",
-            "file+shmem MiB",
-            "PSS MiB",
-            "USS MiB",
-        ],
-        body,
-    )
-
-
 def executor_table(rows: list[Memory]) -> Table:
     """Mean, min, max and total over the executors, column by column."""
     columns: list[Callable[[Memory], int]] = [
@@ -553,7 +512,7 @@ def report_memory(
     print(executor_table(rows).markdown())
     print()
     own = berth_processes(api_pid, framework_pid, set(executors))
-    print(memory_table(own).markdown())
+    print(table(own).markdown())
     print()
 
     containers = app_containers(docker, app)

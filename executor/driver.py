@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 import requests
 from addict import Dict
 
-from berth.framework.mesos import post_call
+from berth.framework.mesos import interrupt, post_call, stream_socket
 from berth.framework.recordio import Decoder, RecordIOError
 
 log = logging.getLogger(__name__)
@@ -280,10 +280,11 @@ class MesosExecutorDriver:
 
     def stop(self) -> None:
         """Close the event stream and end the driver's thread; no callback runs for this."""
-        self._stop.set()
-        response = self._response
+        with self._lock:  # pairs with the check after SUBSCRIBE: no stream is missed
+            self._stop.set()
+            response = self._response
         if response is not None:
-            _interrupt(response)
+            interrupt(response)
         self.join()
 
     def join(self, timeout: float | None = None) -> None:
@@ -360,7 +361,12 @@ class MesosExecutorDriver:
             # no longer than for a connection, then for events up to `read_timeout`
             timeout=(self._connect_timeout, self._connect_timeout),
         )
-        self._response = response
+        with self._lock:
+            self._response = response
+            stopping = self._stop.is_set()
+        if stopping:
+            response.close()
+            return False
         subscribed = False
         with response:
             if response.status_code != 200:
@@ -549,17 +555,11 @@ class MesosExecutorDriver:
         return code == 202
 
 
-def _socket(response: requests.Response) -> socket.socket | None:
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
-    return sock if isinstance(sock, socket.socket) else None
-
-
 def _watch(response: requests.Response, read_timeout: float | None) -> None:
     """Make the event stream's socket give up after `read_timeout` seconds of silence, and
     turn TCP keepalive on so a vanished agent host is noticed in minutes (a restarted agent
     process closes the stream at once)."""
-    sock = _socket(response)
+    sock = stream_socket(response)
     if sock is None:
         return
     with contextlib.suppress(OSError):
@@ -568,12 +568,3 @@ def _watch(response: requests.Response, read_timeout: float | None) -> None:
         for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
             if hasattr(socket, option):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-
-
-def _interrupt(response: requests.Response) -> None:
-    """Wake a thread blocked reading the stream: shut the socket down under it."""
-    sock = _socket(response)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-    response.close()

@@ -173,7 +173,7 @@ class MesosSchedulerDriver:
             self._stop.set()
             response = self._response
         if response is not None:
-            _interrupt(response)
+            interrupt(response)
         self.join()
 
     def join(self, timeout: float | None = None) -> None:
@@ -418,7 +418,7 @@ class MesosSchedulerDriver:
         )
 
 
-def _socket(response: requests.Response) -> socket.socket | None:
+def stream_socket(response: requests.Response) -> socket.socket | None:
     connection = getattr(response.raw, "connection", None)
     sock = getattr(connection, "sock", None)
     return sock if isinstance(sock, socket.socket) else None
@@ -454,14 +454,14 @@ def post_call(
 
 def _set_read_timeout(response: requests.Response, seconds: float) -> None:
     """Make the stream's socket give up after `seconds` of silence (missed heartbeats)."""
-    sock = _socket(response)
+    sock = stream_socket(response)
     if sock is not None:
         sock.settimeout(seconds)
 
 
-def _interrupt(response: requests.Response) -> None:
+def interrupt(response: requests.Response) -> None:
     """Wake a thread blocked reading the stream: shut the socket down under it."""
-    sock = _socket(response)
+    sock = stream_socket(response)
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
