@@ -1,6 +1,6 @@
 """The executor's Docker adapter: runs one task's process as a hardened container and reports
-how it ended. The only module that imports the Docker SDK (`docker`); everything it returns is
-Berth's own type (`ContainerSpec`, `Exit`, `ContainerInfo`) or one of the errors below.
+how it ended, through the Docker Engine API (engine.py). Everything it returns is Berth's own
+type (`ContainerSpec`, `Exit`, `ContainerInfo`) or one of the errors below.
 
 What every container gets, whatever the spec says: all capabilities dropped,
 `no-new-privileges`, a pids limit, a memory limit with swap equal to it (no swap), a CPU quota,
@@ -28,7 +28,7 @@ Errors, on top of berth.framework.errors:
         └── EngineUnavailable (503 unavailable)   the Docker engine does not answer
 
 Threads: a `Containers` may be shared by the executor's threads; each call is its own request
-on the SDK's connection pool. `wait()` blocks until the container stops and `logs()` until its
+on its own connection. `wait()` blocks until the container stops and `logs()` until its
 output ends, so each belongs in a thread of its own (the task watcher, the log pump).
 
 Must not import flask, kazoo, berth.api or berth.cli (an import-linter contract); imports only
@@ -37,6 +37,7 @@ berth.framework's errors.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -49,11 +50,7 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
-import docker
-import docker.errors
-import requests
-import urllib3.exceptions
-
+from berth.executor.engine import Engine, EngineError
 from berth.framework.errors import BerthError
 
 log = logging.getLogger(__name__)
@@ -214,59 +211,69 @@ class ContainerInfo:
 
 
 class Containers:
-    """Docker operations on behalf of one executor (or a janitor). Takes the SDK's
-    `docker.DockerClient`; `from_env()` makes one from DOCKER_HOST or the local socket."""
+    """Docker operations on behalf of one executor (or a janitor), on an `Engine`;
+    `from_env()` makes one from DOCKER_HOST or the local socket."""
 
-    def __init__(self, client: docker.DockerClient) -> None:
-        self._client = client
-        self._api = client.api
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
         self._init: bool | None = None
 
     @classmethod
     def from_env(cls, timeout: float = 60.0) -> Containers:
-        with _docker_errors("the Docker engine"):
-            return cls(docker.from_env(timeout=timeout))
+        try:
+            return cls(Engine.from_env(timeout=timeout))
+        except ValueError as e:
+            raise EngineUnavailable(str(e)) from e
 
     def run(self, spec: ContainerSpec) -> str:
         """Creates and starts the container, detached; returns its id. Never pulls."""
         with _docker_errors(spec.image, image=True):
-            attrs = self._api.inspect_image(spec.image)
+            attrs = self._engine.call("GET", f"/images/{_image_ref(spec.image)}/json")
         image_user = str((attrs.get("Config") or {}).get("User") or "")
         if spec.user is not None:
             user = spec.user
         else:
             user = DEFAULT_USER if is_root(image_user) else image_user
-        options: dict[str, Any] = {
-            "name": spec.name,
-            "command": spec.command,
-            "environment": spec.environment(),
-            "labels": dict(spec.labels),
-            "user": user,
-            "detach": True,
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            "privileged": False,
-            "pids_limit": spec.pids_limit,
-            "mem_limit": spec.memory_bytes,
-            "memswap_limit": spec.memory_bytes,
-            "nano_cpus": round(spec.cpus * 1e9),
-            "restart_policy": {"Name": "no"},
-            "stop_signal": "SIGTERM",
-            "log_config": {
+        host_config: dict[str, Any] = {
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "Privileged": False,
+            "PidsLimit": spec.pids_limit,
+            "Memory": spec.memory_bytes,
+            "MemorySwap": spec.memory_bytes,
+            "NanoCpus": round(spec.cpus * 1e9),
+            "RestartPolicy": {"Name": "no"},
+            "LogConfig": {
                 "Type": "json-file",
                 "Config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILES},
             },
         }
+        body: dict[str, Any] = {
+            "Image": spec.image,
+            "Env": [f"{key}={value}" for key, value in spec.environment().items()],
+            "Labels": dict(spec.labels),
+            "User": user,
+            "StopSignal": "SIGTERM",
+            "Tty": False,
+            "OpenStdin": False,
+            "AttachStdin": False,
+            "HostConfig": host_config,
+        }
+        if spec.command is not None:
+            body["Cmd"] = list(spec.command)
         if spec.port is not None:
-            options["ports"] = {f"{spec.port}/tcp": (spec.host_ip, spec.port)}
+            body["ExposedPorts"] = {f"{spec.port}/tcp": {}}
+            host_config["PortBindings"] = {
+                f"{spec.port}/tcp": [{"HostIp": spec.host_ip, "HostPort": str(spec.port)}]
+            }
         if self._init_available():
-            options["init"] = True
+            host_config["Init"] = True
         with _docker_errors(spec.image, image=True):
-            container = self._client.containers.create(spec.image, **options)
-        container_id = str(container.id)
+            created = self._engine.call("POST", "/containers/create", {"name": spec.name}, body)
+        container_id = str(created["Id"])
         try:
-            container.start()
-        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            self._engine.call("POST", f"/containers/{container_id}/start")
+        except (EngineError, OSError) as e:
             self.remove(container_id)
             raise StartFailed(f"container {spec.name} did not start: {_explain(e)}") from e
         log.info(
@@ -277,16 +284,18 @@ class Containers:
 
     def wait(self, container_id: str, timeout: float | None = None) -> Exit:
         """Blocks until the container is not running (at once if it has stopped already)."""
+        path = f"/containers/{quote(container_id, safe='')}"
         with _docker_errors(container_id):
             try:
-                self._api.wait(container_id, timeout=timeout)
-            except requests.exceptions.RequestException as e:
+                with self._engine.open("POST", f"{path}/wait", timeout=timeout) as answer:
+                    answer.read()
+            except TimeoutError as e:
                 if timeout is None:
                     raise
                 raise WaitTimedOut(
                     f"container {container_id} still running after {timeout:g} s"
                 ) from e
-            state = self._api.inspect_container(container_id)["State"]
+            state = self._engine.call("GET", f"{path}/json")["State"]
         return Exit(
             code=int(state["ExitCode"]),
             oom_killed=bool(state.get("OOMKilled")),
@@ -296,14 +305,22 @@ class Containers:
     def stop(self, container_id: str, grace_seconds: float) -> None:
         """SIGTERM, then SIGKILL if it is still running after the grace period (rounded up to
         whole seconds, Docker's unit). Returns once it has stopped; stopped already is fine."""
+        seconds = max(0, math.ceil(grace_seconds))
         with _docker_errors(container_id):
-            self._api.stop(container_id, timeout=max(0, math.ceil(grace_seconds)))
+            self._engine.call(
+                "POST",
+                f"/containers/{quote(container_id, safe='')}/stop",
+                {"t": seconds},
+                timeout=self._engine.timeout + seconds,
+            )
 
     def remove(self, container_id: str) -> None:
         """Removes the container, killing it if it runs. Gone already is fine."""
         try:
             with _docker_errors(container_id):
-                self._api.remove_container(container_id, force=True)
+                self._engine.call(
+                    "DELETE", f"/containers/{quote(container_id, safe='')}", {"force": 1}
+                )
         except ContainerNotFound:
             pass
         except ContainerError as e:
@@ -312,11 +329,15 @@ class Containers:
 
     def is_running(self, container_id: str) -> bool:
         try:
-            with _docker_errors(container_id):
-                state = self._api.inspect_container(container_id)["State"]
+            state = self._inspect(container_id)["State"]
         except ContainerNotFound:
             return False
         return bool(state.get("Running"))
+
+    def _inspect(self, container_id: str) -> dict[str, Any]:
+        with _docker_errors(container_id):
+            found = self._engine.call("GET", f"/containers/{quote(container_id, safe='')}/json")
+        return dict(found)
 
     def find(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
         """Containers, running or not, that carry all these labels: for adopting or removing
@@ -325,7 +346,9 @@ class Containers:
             raise InvalidSpec("find() needs at least one label")
         filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
         with _docker_errors("the Docker engine"):
-            found = self._api.containers(all=True, filters=filters)
+            found = self._engine.call(
+                "GET", "/containers/json", {"all": 1, "filters": json.dumps(filters)}
+            )
         return [
             ContainerInfo(
                 id=str(c["Id"]),
@@ -366,33 +389,37 @@ class Containers:
         self, container_id: str, follow: bool, since: int
     ) -> Iterator[tuple[Stream, str, bytes]]:
         """One request for the log stream, as (stream, timestamp, message) frames."""
-        params = {"stdout": 1, "stderr": 1, "follow": int(follow), "timestamps": 1}
+        query: dict[str, Any] = {"stdout": 1, "stderr": 1, "follow": int(follow), "timestamps": 1}
         if since:
-            params["since"] = since
-        url = f"{self._api.base_url}/v{self._api.api_version}/containers/{quote(container_id)}/logs"
-        with _docker_errors(container_id):
-            if self._api.inspect_container(container_id)["Config"].get("Tty"):
-                raise ContainerError(f"container {container_id} has a TTY; Berth's never do")
-            response = self._api.get(url, params=params, stream=True, timeout=None)
+            query["since"] = since
         try:
-            if response.status_code == 404:
-                return  # removed meanwhile: its output is gone with it
-            if response.status_code != 200:
-                raise ContainerError(f"Docker refused the logs of {container_id}: {response.text}")
-            for stream, frame in _frames(response.raw):
-                stamp, _, data = frame.partition(b" ")
-                yield stream, stamp.decode("ascii", "replace"), data
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as e:
-            raise EngineUnavailable(f"the log stream of {container_id} broke: {e}") from e
-        finally:
-            response.close()
+            if self._inspect(container_id)["Config"].get("Tty"):
+                raise ContainerError(f"container {container_id} has a TTY; Berth's never do")
+        except ContainerNotFound:
+            return  # removed meanwhile: its output is gone with it
+        path = f"/containers/{quote(container_id, safe='')}/logs"
+        try:
+            response = self._engine.open("GET", path, query, timeout=None)
+        except EngineError as e:
+            if e.status == 404:
+                return
+            raise ContainerError(f"Docker refused the logs of {container_id}: {e.message}") from e
+        except OSError as e:
+            raise EngineUnavailable(f"the Docker engine did not answer: {e}") from e
+        with response:
+            try:
+                for stream, frame in _frames(response.chunks()):
+                    stamp, _, data = frame.partition(b" ")
+                    yield stream, stamp.decode("ascii", "replace"), data
+            except OSError as e:
+                raise EngineUnavailable(f"the log stream of {container_id} broke: {e}") from e
 
     def _init_available(self) -> bool:
         """Whether the engine has its init binary: `/version` lists it as a component only
         when it could run it."""
         if self._init is None:
             with _docker_errors("the Docker engine"):
-                components = self._api.version().get("Components") or []
+                components = self._engine.call("GET", "/version").get("Components") or []
             names = {str(c.get("Name", "")) for c in components}
             self._init = bool(names & {"docker-init", "tini"})
             if not self._init:
@@ -400,16 +427,26 @@ class Containers:
         return self._init
 
 
-def _frames(raw: Any) -> Iterator[tuple[Stream, bytes]]:
+def _image_ref(image: str) -> str:
+    """An image reference in a path: `/` and `:` stay (the engine's route takes them)."""
+    return quote(image, safe="/:@")
+
+
+def _frames(chunks: Iterator[bytes]) -> Iterator[tuple[Stream, bytes]]:
     """The Engine API's multiplexed stream (for containers without a TTY): each frame is an
     8-byte header (stream type: 1 stdout, 2 stderr; 3 zero bytes; big-endian length), then
-    that many bytes."""
-    while len(header := _read_exactly(raw, 8)) == 8:
-        kind, length = struct.unpack(">BxxxL", header)
-        data = _read_exactly(raw, length)
-        if len(data) < length:
-            return
-        yield ("stderr" if kind == 2 else "stdout"), data
+    that many bytes. `chunks` may split the stream anywhere; an incomplete last frame is
+    dropped (the stream was cut)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= 8:
+            kind, length = struct.unpack_from(">BxxxL", buffer)
+            if len(buffer) < 8 + length:
+                break
+            data = bytes(buffer[8 : 8 + length])
+            del buffer[: 8 + length]
+            yield ("stderr" if kind == 2 else "stdout"), data
 
 
 class _Cursor:
@@ -470,17 +507,6 @@ class _Lines:
                 buffer.clear()
 
 
-def _read_exactly(raw: Any, size: int) -> bytes:
-    parts = []
-    while size > 0:
-        chunk = raw.read(size)
-        if not chunk:
-            break
-        parts.append(bytes(chunk))
-        size -= len(chunk)
-    return b"".join(parts)
-
-
 def _docker_time(text: str) -> datetime | None:
     """Docker's RFC 3339 times have nanoseconds; an unset one is year 1."""
     if not text or text.startswith("0001-"):
@@ -489,23 +515,23 @@ def _docker_time(text: str) -> datetime | None:
 
 
 def _explain(error: Exception) -> str:
-    if isinstance(error, docker.errors.APIError):
-        return str(error.explanation or error)
+    if isinstance(error, EngineError):
+        return error.message
     return str(error)
 
 
 @contextmanager
 def _docker_errors(subject: str, image: bool = False) -> Iterator[None]:
-    """Docker's exceptions as ContainerErrors that name `subject` (an image or container)."""
+    """The engine's errors as ContainerErrors that name `subject` (an image or container)."""
     try:
         yield
-    except docker.errors.NotFound as e:
-        if image and (isinstance(e, docker.errors.ImageNotFound) or "image" in _explain(e)):
-            raise ImageNotFound(subject) from e
-        raise ContainerNotFound(subject) from e
-    except docker.errors.APIError as e:
-        if e.status_code == 409 and "already in use" in _explain(e):
-            raise NameInUse(_explain(e)) from e
-        raise ContainerError(f"Docker refused a request about {subject}: {_explain(e)}") from e
-    except (requests.exceptions.RequestException, docker.errors.DockerException) as e:
+    except EngineError as e:
+        if e.status == 404:
+            if image and "image" in e.message.lower():
+                raise ImageNotFound(subject) from e
+            raise ContainerNotFound(subject) from e
+        if e.status == 409 and "already in use" in e.message:
+            raise NameInUse(e.message) from e
+        raise ContainerError(f"Docker refused a request about {subject}: {e.message}") from e
+    except OSError as e:
         raise EngineUnavailable(f"the Docker engine did not answer: {e}") from e

@@ -1,4 +1,4 @@
-"""Berth's driver for the Mesos v1 executor HTTP API, on `requests`.
+"""Berth's driver for the Mesos v1 executor HTTP API, on berth.framework.http1.
 
 Responsibility: keep one executor subscribed to its agent (`POST /api/v1/executor`), turn the
 agent's events into callbacks on an `Executor`, and carry its calls (UPDATE, MESSAGE) to the
@@ -34,13 +34,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import os
 import random
 import re
-import socket
 import threading
 import time
 import uuid
@@ -49,10 +47,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import requests
 from addict import Dict
 
-from berth.framework.mesos import interrupt, post_call, stream_socket
+from berth.framework import http1
+from berth.framework.mesos import interrupt, post_call
 from berth.framework.recordio import Decoder, RecordIOError
 
 log = logging.getLogger(__name__)
@@ -227,7 +225,7 @@ class MesosExecutorDriver:
         `read_timeout`: seconds of silence on the event stream that mean it is dead."""
         self._executor = executor
         self.environment = AgentEnvironment.from_env(env)
-        self._url = self.environment.url
+        self._endpoint = http1.Endpoint.parse(f"http://{self.environment.agent_endpoint}")
         self._ids = {
             "framework_id": {"value": self.environment.framework_id},
             "executor_id": {"value": self.environment.executor_id},
@@ -240,8 +238,7 @@ class MesosExecutorDriver:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._response: requests.Response | None = None
-        self._calls = requests.Session()
+        self._response: http1.Response | None = None
         self._connected = False
         self._subscribed_before = False
         # kept until acknowledged, in the order they happened; resent in SUBSCRIBE
@@ -352,14 +349,16 @@ class MesosExecutorDriver:
     def _subscribe_once(self) -> bool:
         """One SUBSCRIBE and its stream, to the end. True if it got as far as SUBSCRIBED."""
         body = self._subscribe_call()
-        response = requests.post(
-            self._url,
-            json=body,
+        response = http1.request(
+            self._endpoint,
+            "POST",
+            EXECUTOR_PATH,
+            json_body=body,
             headers=self._headers,
-            stream=True,
-            # the answer's headers come at once (or the agent is in trouble): wait for them
-            # no longer than for a connection, then for events up to `read_timeout`
-            timeout=(self._connect_timeout, self._connect_timeout),
+            connect_timeout=self._connect_timeout,
+            # the answer's head comes at once (or the agent is in trouble): wait for it no
+            # longer than for a connection, then for events up to `read_timeout`
+            timeout=self._connect_timeout,
         )
         with self._lock:
             self._response = response
@@ -369,18 +368,21 @@ class MesosExecutorDriver:
             return False
         subscribed = False
         with response:
-            if response.status_code != 200:
+            if response.status != 200:
                 log.warning(
                     "mesos agent refused SUBSCRIBE: %s %s",
-                    response.status_code,
-                    response.text[:500],
-                    extra={"status": response.status_code},
+                    response.status,
+                    response.text()[:500],
+                    extra={"status": response.status},
                 )
                 return False
-            _watch(response, self._read_timeout)
+            # a vanished agent host is noticed in minutes (a restarted agent process closes
+            # the stream at once); silence longer than `read_timeout` means a dead stream
+            response.set_timeout(self._read_timeout)
+            response.keepalive()
             decoder = Decoder()
             try:
-                for chunk in response.iter_content(chunk_size=None):
+                for chunk in response.chunks():
                     for record in decoder.feed(chunk):
                         event = Dict(json.loads(record))
                         if event.type == "SUBSCRIBED":
@@ -393,7 +395,7 @@ class MesosExecutorDriver:
                     if self._stop.is_set():
                         return subscribed
                 log.warning("mesos agent closed the event stream")
-            except (requests.RequestException, RecordIOError, ValueError) as exc:
+            except (OSError, RecordIOError, ValueError) as exc:
                 if not self._stop.is_set():
                     log.warning(
                         "mesos agent event stream broke: %s",
@@ -499,8 +501,8 @@ class MesosExecutorDriver:
     def _post(self, call: dict[str, Any]) -> int | None:
         """POST one call; the HTTP status, or None if the agent could not be reached."""
         return post_call(
-            self._calls,
-            self._url,
+            self._endpoint,
+            EXECUTOR_PATH,
             {**self._ids, **call},
             self._headers,
             self._connect_timeout,
@@ -553,18 +555,3 @@ class MesosExecutorDriver:
             with self._lock:
                 self._messages.append(data)
         return code == 202
-
-
-def _watch(response: requests.Response, read_timeout: float | None) -> None:
-    """Make the event stream's socket give up after `read_timeout` seconds of silence, and
-    turn TCP keepalive on so a vanished agent host is noticed in minutes (a restarted agent
-    process closes the stream at once)."""
-    sock = stream_socket(response)
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        sock.settimeout(read_timeout)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
-            if hasattr(socket, option):
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)

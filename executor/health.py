@@ -18,12 +18,13 @@ standard library.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from berth.framework import http1
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,12 @@ class Probe:
             raise ValueError(f"health check {self.kind!r} is not one of {', '.join(KINDS)}")
         if self.kind != "none" and not 1 <= self.port <= 65535:
             raise ValueError(f"health check port {self.port} is out of range")
-        if self.kind == "http" and not self.path.startswith("/"):
-            raise ValueError(f"health check path {self.path!r} must start with /")
+        if self.kind == "http" and (
+            not self.path.startswith("/") or any(c <= " " or c == "\x7f" for c in self.path)
+        ):
+            raise ValueError(
+                f"health check path {self.path!r} must start with / and have no spaces"
+            )
 
     def check(self) -> Outcome:
         if self.kind == "tcp":
@@ -78,16 +83,18 @@ class Probe:
 
     def _http(self) -> Outcome:
         url = f"http://{self.host}:{self.port}{self.path}"
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            connection.request("GET", self.path, headers={"User-Agent": "berth-executor"})
-            response = connection.getresponse()
-            response.read(64 * 1024)
-            status = response.status
-        except (OSError, http.client.HTTPException) as e:
+            with http1.request(
+                http1.Endpoint("http", self.host, self.port),
+                "GET",
+                self.path,
+                headers={"User-Agent": "berth-executor"},
+                connect_timeout=self.timeout,
+                timeout=self.timeout,
+            ) as response:
+                status = response.status  # the head is enough; the body is not read
+        except OSError as e:
             return Outcome(False, f"GET {url}: {type(e).__name__}: {e}")
-        finally:
-            connection.close()
         if 200 <= status < 400:
             return Outcome(True, f"GET {url}: {status}")
         return Outcome(False, f"GET {url}: {status}")

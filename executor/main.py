@@ -49,7 +49,6 @@ here as plain mappings.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -158,6 +157,8 @@ def container_name(task_id: str) -> str:
     safe = re.sub(r"[^a-zA-Z0-9_.-]", "_", task_id)
     name = f"berth-{safe}"
     if safe != task_id or len(name) > 128:
+        import hashlib  # here, not at the top: it loads OpenSSL (~3.5 MiB), rarely needed
+
         digest = hashlib.sha256(task_id.encode()).hexdigest()[:12]
         name = f"{name[:110]}-{digest}"
     return name

@@ -1,4 +1,4 @@
-"""Berth's driver for the Mesos v1 scheduler HTTP API, on `requests`.
+"""Berth's driver for the Mesos v1 scheduler HTTP API, on berth.framework.http1.
 
 Why not pymesos: its last release (0.3.15, 2020) does not install on Python ≥ 3.11 (its
 `http-parser` C extension no longer builds), and its traps are ones a PaaS cannot live with
@@ -23,19 +23,17 @@ POST with the stream id. Only this module and local.py speak addict.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import random
-import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import requests
 from addict import Dict
 
+from berth.framework import http1
 from berth.framework.recordio import Decoder, RecordIOError
 
 log = logging.getLogger(__name__)
@@ -140,8 +138,7 @@ class MesosSchedulerDriver:
         self._thread: threading.Thread | None = None
         self._stream_id: str | None = None
         self._base: str | None = None
-        self._response: requests.Response | None = None
-        self._calls = requests.Session()
+        self._response: http1.Response | None = None
         self.heartbeat_interval = DEFAULT_HEARTBEAT
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -213,13 +210,14 @@ class MesosSchedulerDriver:
             }
             if self.framework_id:
                 body["framework_id"] = {"value": self.framework_id}
-        response = requests.post(
-            base + SCHEDULER_PATH,
-            json=body,
+        response = http1.request(
+            http1.Endpoint.parse(base),
+            "POST",
+            SCHEDULER_PATH,
+            json_body=body,
             headers={"Accept": "application/json"},
-            stream=True,
-            allow_redirects=False,
-            timeout=(self._connect_timeout, self.heartbeat_interval * self._missed),
+            connect_timeout=self._connect_timeout,
+            timeout=self.heartbeat_interval * self._missed,
         )
         with self._lock:
             self._response = response
@@ -228,21 +226,21 @@ class MesosSchedulerDriver:
             response.close()
             return False
         with response:
-            if response.status_code == 307:
-                location = response.headers.get("Location", "")
+            if response.status == 307:
+                location = response.headers.get("location", "")
                 self._base = master_url(location.lstrip("/")) if location else None
                 log.info("mesos master redirects to %s", self._base)
                 return False
             self._base = None
-            if response.status_code != 200:
+            if response.status != 200:
                 log.error(
                     "mesos refused SUBSCRIBE: %s %s",
-                    response.status_code,
-                    response.text[:500],
-                    extra={"status": response.status_code},
+                    response.status,
+                    response.text()[:500],
+                    extra={"status": response.status},
                 )
                 return False
-            stream_id = response.headers.get("Mesos-Stream-Id")
+            stream_id = response.headers.get("mesos-stream-id")
             if not stream_id:
                 log.error("mesos SUBSCRIBE answer has no Mesos-Stream-Id")
                 return False
@@ -252,7 +250,7 @@ class MesosSchedulerDriver:
             subscribed = False
             decoder = Decoder()
             try:
-                for chunk in response.iter_content(chunk_size=None):
+                for chunk in response.chunks():
                     for record in decoder.feed(chunk):
                         event = Dict(json.loads(record))
                         if event.type == "SUBSCRIBED":
@@ -262,16 +260,16 @@ class MesosSchedulerDriver:
                             self._dispatch(event)
                     if self._stop.is_set():
                         break
-            except (requests.RequestException, RecordIOError, ValueError) as exc:
+            except (OSError, RecordIOError, ValueError) as exc:
                 log.warning(
                     "mesos event stream broke: %s", exc, extra={"error": type(exc).__name__}
                 )
             return subscribed
 
-    def _on_subscribed(self, subscribed: Dict, response: requests.Response) -> None:
+    def _on_subscribed(self, subscribed: Dict, response: http1.Response) -> None:
         interval = float(subscribed.heartbeat_interval_seconds or DEFAULT_HEARTBEAT)
         self.heartbeat_interval = interval
-        _set_read_timeout(response, interval * self._missed)
+        response.set_timeout(interval * self._missed)
         framework_id = subscribed.framework_id
         with self._lock:
             had_id = self.framework_id == framework_id.value
@@ -330,8 +328,8 @@ class MesosSchedulerDriver:
             log.warning("not subscribed to mesos: dropping %s", call["type"])
             return False
         status = post_call(
-            self._calls,
-            base + SCHEDULER_PATH,
+            http1.Endpoint.parse(base),
+            SCHEDULER_PATH,
             {"framework_id": {"value": framework_id}, **call},
             {"Mesos-Stream-Id": stream_id, "Accept": "application/json"},
             self._connect_timeout,
@@ -418,15 +416,9 @@ class MesosSchedulerDriver:
         )
 
 
-def stream_socket(response: requests.Response) -> socket.socket | None:
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
-    return sock if isinstance(sock, socket.socket) else None
-
-
 def post_call(
-    session: requests.Session,
-    url: str,
+    endpoint: http1.Endpoint,
+    path: str,
     body: dict[str, Any],
     headers: Mapping[str, str],
     timeout: float,
@@ -436,33 +428,31 @@ def post_call(
     Anything but 202 Accepted is logged with the peer's answer."""
     kind = body.get("type")
     try:
-        response = session.post(url, json=body, headers=dict(headers), timeout=timeout)
-    except requests.RequestException as exc:
+        with http1.request(
+            endpoint,
+            "POST",
+            path,
+            json_body=body,
+            headers=headers,
+            connect_timeout=timeout,
+            timeout=timeout,
+        ) as response:
+            text = response.text(64 * 1024)
+    except OSError as exc:
         log.warning("%s call %s failed: %s", peer, kind, type(exc).__name__)
         return None
-    if response.status_code != 202:
+    if response.status != 202:
         log.error(
             "%s refused %s: %s %s",
             peer,
             kind,
-            response.status_code,
-            response.text[:500],
-            extra={"status": response.status_code},
+            response.status,
+            text[:500],
+            extra={"status": response.status},
         )
-    return response.status_code
+    return response.status
 
 
-def _set_read_timeout(response: requests.Response, seconds: float) -> None:
-    """Make the stream's socket give up after `seconds` of silence (missed heartbeats)."""
-    sock = stream_socket(response)
-    if sock is not None:
-        sock.settimeout(seconds)
-
-
-def interrupt(response: requests.Response) -> None:
-    """Wake a thread blocked reading the stream: shut the socket down under it."""
-    sock = stream_socket(response)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-    response.close()
+def interrupt(response: http1.Response) -> None:
+    """Wake the thread blocked reading an event stream; it closes the stream itself."""
+    response.interrupt()

@@ -7,8 +7,8 @@ them before they reach ZooKeeper. Validation messages name keys and sizes, never
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -118,7 +118,7 @@ def validate_formation_changes(changes: object, process_types: Mapping[str, str]
 
 
 MIN_MEMORY_MB, MAX_MEMORY_MB = 16, 64 * 1024
-MIN_CPUS, MAX_CPUS = 0.05, 64.0
+MIN_CPUS, MAX_CPUS = 0.01, 64.0  # Docker refuses NanoCpus below 0.01 of a CPU
 DEFAULT_MEMORY_MB, DEFAULT_CPUS = 256, 0.25
 _MEMORY = re.compile(r"^([0-9]+)([mMgG]?)$")
 
@@ -177,9 +177,10 @@ _NOUNS = (
 
 def random_app_name() -> str:
     """Heroku-style: adjective-noun-NNNNN, always a valid app name."""
-    return (
-        f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(90000) + 10000}"
-    )
+    # SystemRandom (os.urandom), as `secrets` uses; `secrets` itself would load OpenSSL into
+    # every executor through hmac (berth.executor imports this module)
+    pick = random.SystemRandom()
+    return f"{pick.choice(_ADJECTIVES)}-{pick.choice(_NOUNS)}-{pick.randrange(10000, 100000)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,8 +62,9 @@ class Resources:
         return Resources(self.cpus - other.cpus, self.mem - other.mem, self.disk - other.disk)
 
 
-# What Berth's own executor needs beside each task (one executor per task).
-EXECUTOR = Resources(cpus=0.05, mem=32.0, disk=0.0)
+# What Berth's own executor needs beside each task (one executor per task): measured, an idle
+# executor uses ~0.05% of a core and ~20 MiB (bench/RESULTS.md), so 0.01 cpu and 32 MB.
+EXECUTOR = Resources(cpus=0.01, mem=32.0, disk=0.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -81,7 +81,7 @@ class Payload:
 
 
 def task_id(app: str, process: str, index: int, release: int) -> str:
-    return f"{app}.{process}.{index}.v{release}.{secrets.token_hex(4)}"
+    return f"{app}.{process}.{index}.v{release}.{os.urandom(4).hex()}"
 
 
 def task_name(app: str, process: str, index: int, release: int) -> str:

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture
 def containers(docker_client: docker.DockerClient) -> Iterator[Containers]:
-    yield Containers(docker_client)
+    yield Containers.from_env()
     for container in docker_client.containers.list(
         all=True, filters={"label": f"{RUN_LABEL}={RUN}"}
     ):

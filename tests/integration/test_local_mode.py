@@ -24,6 +24,7 @@ from addict import Dict
 
 from berth.framework.local import LocalAgent, LocalSchedulerDriver
 from berth.framework.mesos import Scheduler, SchedulerDriver
+from berth.framework.plan import EXECUTOR as EXECUTOR_RESOURCES
 from berth.framework.plan import Launch, Resources
 from berth.framework.recordio import Decoder
 from berth.framework.taskinfo import Payload, build_task_info
@@ -407,10 +408,10 @@ def test_launch_reports_each_update_and_acknowledges_it_to_the_executor(local: L
     launched = [e for e in local.executor_events(task_id) if e["event"] == "launch"]
     assert len(launched) == 1
 
-    # the next offer is the machine less the task and its executor (0.05 cpus, 32 MB)
+    # the next offer is the machine less the task and its executor (0.01 cpus, 32 MB)
     before, after = scalars(offer), scalars(local.scheduler.wait_offer(2))
-    assert after["cpus"] == pytest.approx(before["cpus"] - 0.55)
-    assert after["mem"] == pytest.approx(before["mem"] - 96)
+    assert after["cpus"] == pytest.approx(before["cpus"] - 0.5 - EXECUTOR_RESOURCES.cpus)
+    assert after["mem"] == pytest.approx(before["mem"] - 64 - EXECUTOR_RESOURCES.mem)
     assert ports(local.scheduler.offers()[1]) == [(31000, 31004), (31006, 32000)]
 
     sandbox = local.data_dir / "sandboxes" / task_id
