@@ -458,11 +458,12 @@ IMPORTS = [
     ("nothing (bare interpreter)", "pass"),
     (
         "the stdlib modules the executor uses",
-        "import base64, hashlib, http.client, json, logging, queue, re, shutil, signal, socket,"
+        "import base64, dataclasses, json, logging, queue, random, re, shutil, signal, socket,"
         " threading, uuid",
     ),
-    ("requests", "import requests"),
-    ("docker (the SDK; imports requests)", "import docker"),
+    ("berth.framework.http1 (the executor's HTTP client)", "import berth.framework.http1"),
+    ("for comparison: requests", "import requests"),
+    ("for comparison: docker (the SDK; imports requests)", "import docker"),
     ("berth.executor.main (what each executor loads)", "import berth.executor.main"),
 ]
 _PROBE = (
