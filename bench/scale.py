@@ -1013,10 +1013,13 @@ def measure_idle(
     if vanished:
         lines.append(f"- {vanished} processes exited during the window (counted as 0)")
     per_executor = used["executors"] / wall / max(len(executors), 1)
-    lines.append(
-        f"- per executor: {100 * per_executor:.3f}% of one core; if it scales linearly, 50"
-        f" executors would use {100 * per_executor * 50:.2f}% (an extrapolation, not measured)"
-    )
+    line = f"- per executor: {100 * per_executor:.3f}% of one core"
+    if len(executors) < 50:
+        line += (
+            f"; if it scales linearly, 50 executors would use {100 * per_executor * 50:.2f}%"
+            " (an extrapolation, not measured)"
+        )
+    lines.append(line)
     lines.append(
         f"- tasks serving before / after the window: {len(before)} / {len(after)}"
         f" ({len(before - after)} of them replaced or gone)"
