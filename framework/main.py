@@ -66,6 +66,7 @@ def lead(
     ports: tuple[int, int],
     store: Store,
     fence: threading.Event,
+    drain_seconds: float = 3.0,
 ) -> None:
     """One term as leader: subscribe, schedule until fenced, leave the framework to fail over."""
     events = Events()
@@ -77,7 +78,7 @@ def lead(
         driver = LocalSchedulerDriver(events, info, agent, ports=ports)
     else:
         driver = MesosSchedulerDriver(events, info, lambda: mesos_master.resolve(master))
-    options = Options(instance=store.instance_id())
+    options = Options(instance=store.instance_id(), drain_seconds=drain_seconds)
     if agent is not None:
         agent.start()
     driver.start()
@@ -106,7 +107,15 @@ def parse_ports(value: str) -> tuple[int, int]:
     show_default=True,
     help="Local mode: the host ports this machine offers to tasks",
 )
-def command(settings: Settings, master: str, local_ports: str) -> None:
+@click.option(
+    "--drain-seconds",
+    envvar="BERTH_DRAIN_SECONDS",
+    type=click.FloatRange(0, 300),
+    default=3.0,
+    show_default=True,
+    help="Seconds a web task is out of the router before it is killed (in-flight requests end)",
+)
+def command(settings: Settings, master: str, local_ports: str, drain_seconds: float) -> None:
     """Run the Mesos framework (scheduler) alone (`berth server` runs it for you)."""
     jsonlog.setup("framework")
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -123,7 +132,9 @@ def command(settings: Settings, master: str, local_ports: str) -> None:
     leadership = Leadership(settings.zk_hosts, settings.zk_chroot, identity)
     try:
         ports = parse_ports(local_ports)
-        kept = leadership.run(lambda fence: lead(settings, master, ports, store, fence), stop)
+        kept = leadership.run(
+            lambda fence: lead(settings, master, ports, store, fence, drain_seconds), stop
+        )
     finally:
         store.stop()
     if not kept:

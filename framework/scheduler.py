@@ -79,6 +79,9 @@ class Options:
     executor_command: list[str] | None = None
     decline_busy: float = 5.0  # refuse_seconds when something waits for a better offer
     decline_idle: float = 120.0
+    # A serving web task is taken out of the router first (state "killing" saved, the router
+    # drains it) and killed this many seconds later, so requests in flight finish.
+    drain_seconds: float = 3.0
 
 
 class Events(mesos.Scheduler):
@@ -163,6 +166,7 @@ class Scheduler:
         self._unanswered: set[str] = set()
         self._retry_at = 0.0
         self._retry_delay = 0.0
+        self._draining: dict[str, float] = {}  # task id → when to send its KILL
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -255,6 +259,8 @@ class Scheduler:
             self._driver.acknowledgeStatusUpdate(status)
             return
         data = _status_data(status)
+        if task_id in self._draining and state not in TERMINAL_STATES:
+            state = "killing"  # still draining: the router must not take it back
         updated = replace(
             task,
             state=state,
@@ -299,6 +305,7 @@ class Scheduler:
         if not self._registered:
             return
         self._honour_stops(now)
+        self._send_drained_kills(now)
         decided = plan(
             self._desired, self._tasks.values(), list(self._offers.values()), self._backoffs, now
         )
@@ -328,8 +335,7 @@ class Scheduler:
         for task_id in self._store.stop_requests():
             task = self._tasks.get(task_id)
             if task is not None and task.live and task.state != "killing":
-                self._driver.killTask(task_id, task.agent_id or None, self._options.grace_seconds)
-                self._tasks[task_id] = replace(task, state="killing", updated_at=now)
+                self._kill(task, now)
             self._store.clear_stop(task_id)
 
     def _release(self, app: str, version: int) -> Release:
@@ -394,9 +400,7 @@ class Scheduler:
                 for info in infos:
                     self._lost(info["task_id"]["value"], "the launch did not reach the master")
         for task_id in decided.kills:
-            task = self._tasks[task_id]
-            self._driver.killTask(task_id, task.agent_id or None, self._options.grace_seconds)
-            self._tasks[task_id] = replace(task, state="killing", updated_at=now)
+            self._kill(self._tasks[task_id], now)
         if decided.declines:
             refuse = (
                 self._options.decline_busy if decided.wants_offers else self._options.decline_idle
@@ -411,6 +415,28 @@ class Scheduler:
         elif not decided.wants_offers and not self._suppressed and not decided.launches:
             self._driver.suppressOffers()
             self._suppressed = True
+
+    def _kill(self, task: Task, now: float) -> None:
+        """Kill a task. One the router sends requests to is drained first: its "killing" state
+        is saved (the router stops sending it new requests) and the KILL follows
+        `drain_seconds` later, from `_send_drained_kills`."""
+        killing = replace(task, state="killing", updated_at=now)
+        self._tasks[task.id] = killing
+        if task.process == "web" and task.serving and self._options.drain_seconds > 0:
+            self._store.put_task(replace(killing, message="draining"))
+            self._draining[task.id] = now + self._options.drain_seconds
+            log.info("draining task %s before the kill", task.id, extra={"task": task.id})
+            return
+        self._driver.killTask(task.id, task.agent_id or None, self._options.grace_seconds)
+
+    def _send_drained_kills(self, now: float) -> None:
+        for task_id, due in list(self._draining.items()):
+            if now < due:
+                continue
+            del self._draining[task_id]
+            task = self._tasks.get(task_id)
+            if task is not None and task.live:
+                self._driver.killTask(task_id, task.agent_id or None, self._options.grace_seconds)
 
     def _lost(self, task_id: str, message: str) -> None:
         task = replace(self._tasks[task_id], state="lost", message=message)

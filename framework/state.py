@@ -113,12 +113,18 @@ def ensure_chroot(hosts: str, chroot: str, wait: float = 15.0) -> None:
         root.close()
 
 
+Watcher = Callable[[Any], None]  # a kazoo watch: called with a WatchedEvent
+
+
 def _release_path(app: str, version: int) -> str:
     return f"/apps/{app}/releases/{version:010d}"
 
 
 class Store:
-    def __init__(self, hosts: str, chroot: str, sealer: Sealer, timeout: float = 5.0) -> None:
+    def __init__(
+        self, hosts: str, chroot: str, sealer: Sealer | None, timeout: float = 5.0
+    ) -> None:
+        """`sealer` None: a process that never reads or writes config (the router)."""
         self._hosts = hosts
         self._chroot = chroot
         self._sealer = sealer
@@ -140,6 +146,11 @@ class Store:
         self._tokens_fresh = False
         self._tokens_generation = 0
         self._lock = threading.Lock()
+
+    def _need_sealer(self) -> Sealer:
+        if self._sealer is None:
+            raise BerthError("this process has no config key and cannot read releases")
+        return self._sealer
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -260,9 +271,13 @@ class Store:
                 raise NotFound(f"no app named {name}") from None
         return App.from_json(data), stat
 
-    def list_apps(self) -> list[App]:
+    def list_apps(self, watch: Watcher | None = None) -> list[App]:
+        """Every app. With `watch`, it is called once (on kazoo's thread: it must only signal)
+        when the list of apps next changes."""
         with self._mapped("list apps"):
-            names = sorted(self._zk.get_children_async("/apps").get(timeout=self._timeout))
+            names = sorted(
+                self._zk.get_children_async("/apps", watch=watch).get(timeout=self._timeout)
+            )
             pending = [self._zk.get_async(f"/apps/{n}") for n in names]
             apps = []
             for result in pending:
@@ -303,7 +318,7 @@ class Store:
 
     def _release_bytes(self, release: Release, op: str) -> bytes:
         where = f"{release.app}/v{release.version}"
-        sealed = self._sealer.seal(_dump(dict(release.config)), where)
+        sealed = self._need_sealer().seal(_dump(dict(release.config)), where)
         return _dump(
             {
                 "version": release.version,
@@ -319,7 +334,7 @@ class Store:
 
     def _release_from(self, app: str, data: dict[str, Any]) -> Release:
         version = int(data["version"])
-        config = _load(self._sealer.open(data["config"], f"{app}/v{version}"))
+        config = _load(self._need_sealer().open(data["config"], f"{app}/v{version}"))
         artifact = data.get("artifact")
         return Release(
             app=app,
@@ -568,13 +583,15 @@ class Store:
         with self._mapped(f"forget task {task_id}"), suppress(NoNodeError):
             self._zk.delete_async(f"/tasks/{task_id}").get(timeout=self._timeout)
 
-    def list_tasks(self, app: str | None = None) -> list[Task]:
-        """Every task record, or an app's, sorted by process, index and id."""
+    def list_tasks(self, app: str | None = None, watch: Watcher | None = None) -> list[Task]:
+        """Every task record, or an app's, sorted by process, index and id. With `watch`, it
+        is called once (on kazoo's thread: it must only signal) when a task next appears,
+        changes or goes: one-shot watches, so a reader re-arms them by reading again."""
         with self._mapped("list tasks"):
-            ids = self._zk.get_children_async("/tasks").get(timeout=self._timeout)
+            ids = self._zk.get_children_async("/tasks", watch=watch).get(timeout=self._timeout)
             if app is not None:
                 ids = [i for i in ids if i.startswith(f"{app}.")]
-            pending = [self._zk.get_async(f"/tasks/{i}") for i in ids]
+            pending = [self._zk.get_async(f"/tasks/{i}", watch=watch) for i in ids]
             tasks = []
             for result in pending:
                 try:
@@ -754,7 +771,7 @@ def _token_json(record: Token) -> dict[str, str]:
     return {**record.to_json(), "digest": record.digest}
 
 
-def connect(hosts: str, chroot: str, sealer: Sealer, retry_every: float = 2.0) -> Store:
+def connect(hosts: str, chroot: str, sealer: Sealer | None, retry_every: float = 2.0) -> Store:
     """A started Store, waiting as long as it takes for ZooKeeper (and saying so)."""
     while True:
         store = Store(hosts, chroot, sealer)
