@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,11 @@ from urllib.parse import quote, urlencode, urlsplit
 
 MAX_HEADER_LINE = 64 * 1024
 MAX_HEADERS = 100
+MAX_INTERIM = 10
+DIGITS = re.compile(r"[0-9]+")
+HEX = re.compile(rb"[0-9A-Fa-f]+")
+TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, header names
+AUTOMATIC = {"host", "content-length", "connection", "transfer-encoding"}
 READ_SIZE = 64 * 1024
 
 
@@ -54,19 +60,23 @@ class Endpoint:
         """`http://host:port[/base]`, `https://…`, or `unix:///path/to.sock`. ValueError
         names what is wrong."""
         parts = urlsplit(url)
+        if parts.query or parts.fragment:
+            raise ValueError(f"{url!r}: an endpoint has no query or fragment")
         if parts.scheme == "unix":
-            path = parts.path or parts.netloc
-            if not path.startswith("/"):
-                raise ValueError(f"{url!r}: a unix endpoint needs an absolute socket path")
-            return cls("unix", path)
+            if parts.netloc or not parts.path.startswith("/"):
+                raise ValueError(f"{url!r}: a unix endpoint is unix:///absolute/path.sock")
+            return cls("unix", parts.path)
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"{url!r}: the scheme must be http, https or unix")
         if not parts.hostname:
             raise ValueError(f"{url!r} has no host")
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
+            port = parts.port
         except ValueError as e:
             raise ValueError(f"{url!r} has a bad port") from e
+        if port == 0:
+            raise ValueError(f"{url!r}: port 0 is not a port to connect to")
+        port = port or (443 if parts.scheme == "https" else 80)
         return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
 
     @property
@@ -134,7 +144,11 @@ class Response:
         self._chunked = False
         self._remaining: int | None = None  # bytes left of a Content-Length body
         self._done = False
-        self._read_head(method)
+        try:
+            self._read_head(method)
+        except BaseException:
+            self.close()  # the reader holds the socket too: close both, now
+            raise
 
     def __enter__(self) -> Response:
         return self
@@ -144,20 +158,20 @@ class Response:
 
     # -- head --------------------------------------------------------------------------------
 
-    def _line(self) -> bytes:
+    def _line(self, where: str = "the answer's head") -> bytes:
         line = self._file.readline(MAX_HEADER_LINE + 1)
         if len(line) > MAX_HEADER_LINE:
-            raise ProtocolError("a header line is too long")
+            raise ProtocolError(f"a line of {where} is too long")
         if not line:
-            raise ProtocolError("the connection closed before the answer's head")
+            raise ProtocolError(f"the connection closed in {where}")
         return line
 
     def _read_head(self, method: str) -> None:
-        while True:
+        for _ in range(MAX_INTERIM + 1):
             status_line = self._line().decode("latin-1").rstrip("\r\n")
             version, _, rest = status_line.partition(" ")
             code, _, reason = rest.partition(" ")
-            if not version.startswith("HTTP/1.") or not code.isdigit() or len(code) != 3:
+            if not version.startswith("HTTP/1.") or not DIGITS.fullmatch(code) or len(code) != 3:
                 raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
             headers: dict[str, str] = {}
             for _ in range(MAX_HEADERS + 1):
@@ -174,6 +188,8 @@ class Response:
                 raise ProtocolError("too many headers")
             if int(code) >= 200 or int(code) == 101:
                 break  # 100 Continue and other interim answers are skipped
+        else:
+            raise ProtocolError("too many interim (1xx) answers")
         self.status, self.reason, self.headers = int(code), reason, headers
         if method == "HEAD" or self.status in (101, 204, 304):
             self._done = True
@@ -185,7 +201,7 @@ class Response:
             self._chunked = True
         elif "content-length" in headers:
             length = headers["content-length"]
-            if not length.isdigit():
+            if not DIGITS.fullmatch(length):
                 raise ProtocolError(f"bad content-length {length[:20]!r}")
             self._remaining = int(length)
             self._done = self._remaining == 0
@@ -197,14 +213,16 @@ class Response:
         less), never waiting for more than is there. Ends with the body."""
         while not self._done:
             if self._chunked:
-                size_line = self._line().split(b";", 1)[0].strip()
-                try:
-                    size = int(size_line, 16)
-                except ValueError:
-                    raise ProtocolError(f"bad chunk size {size_line[:20]!r}") from None
+                size_line = self._line("a chunk size").split(b";", 1)[0].strip()
+                if not HEX.fullmatch(size_line):
+                    raise ProtocolError(f"bad chunk size {size_line[:20]!r}")
+                size = int(size_line, 16)
                 if size == 0:
-                    while self._line() not in (b"\r\n", b"\n"):
-                        pass  # trailers: none that Berth needs
+                    for _ in range(MAX_HEADERS + 1):
+                        if self._line("the trailers") in (b"\r\n", b"\n"):
+                            break  # trailers: none that Berth needs
+                    else:
+                        raise ProtocolError("too many trailers")
                     self._done = True
                     return
                 while size > 0:
@@ -213,7 +231,7 @@ class Response:
                         raise ProtocolError("the connection closed inside a chunk")
                     size -= len(piece)
                     yield piece
-                if self._line() not in (b"\r\n", b"\n"):
+                if self._line("a chunk's end") not in (b"\r\n", b"\n"):
                     raise ProtocolError("a chunk does not end with CRLF")
             elif self._remaining is not None:
                 piece = self._file.read1(min(self._remaining, READ_SIZE))
@@ -295,6 +313,8 @@ def request(
     """Send one request and read the answer's head; the caller reads the body and closes it.
     `path` starts with `/` and is appended to the endpoint's base. `timeout` is the read
     timeout for the head and the body (None: none). Raises OSError (see the module doc)."""
+    if not TOKEN.fullmatch(method):
+        raise ValueError(f"method {method!r} is not an HTTP token")
     if not path.startswith("/") or any(c <= " " or c == "\x7f" for c in path):
         raise ValueError(f"request path {path!r} must start with / and have no spaces or controls")
     if json_body is not None:
@@ -302,8 +322,10 @@ def request(
     lines = [f"{method} {endpoint.base}{path} HTTP/1.1", f"Host: {endpoint.host_header}"]
     given = {k.lower() for k in (headers or {})}
     for name, value in (headers or {}).items():
-        if any(c in name or c in value for c in "\r\n\x00") or ":" in name:
+        if not TOKEN.fullmatch(name) or any(c in value for c in "\r\n\x00"):
             raise ValueError(f"header {name!r} has a forbidden character")
+        if name.lower() in AUTOMATIC:
+            raise ValueError(f"header {name} is set by the client itself")
         lines.append(f"{name}: {value}")
     if json_body is not None and "content-type" not in given:
         lines.append("Content-Type: application/json")
