@@ -14,6 +14,7 @@ from berth.api import (
     auth,
     errors,
     routes_apps,
+    routes_domains,
     routes_meta,
     routes_ps,
     routes_releases,
@@ -34,7 +35,14 @@ def create_app(store: Store, settings: Settings) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[STORE] = store
     app.extensions[SETTINGS] = settings
-    for module in (routes_meta, routes_apps, routes_releases, routes_ps, routes_tokens):
+    for module in (
+        routes_meta,
+        routes_apps,
+        routes_releases,
+        routes_ps,
+        routes_domains,
+        routes_tokens,
+    ):
         app.register_blueprint(module.bp)
 
     @app.before_request

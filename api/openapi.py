@@ -193,6 +193,40 @@ def document(version: str) -> dict[str, Any]:
                     requestBody=_body({"type": "object"}),
                 ),
             },
+            "/v1/apps/{app}/domains": {
+                "parameters": [_APP],
+                "get": _op(
+                    "The app's custom domains, sorted by hostname",
+                    {"200": _json({"type": "array", "items": _ref("Domain")})},
+                ),
+                "post": _op(
+                    "Route a custom domain (www.example.com, or *.example.com) to the app;"
+                    " 409 if this or another app has it already",
+                    {"201": _json(_ref("Domain"), "Created"), "409": _resp("Conflict")},
+                    requestBody=_body(
+                        {
+                            "type": "object",
+                            "required": ["hostname"],
+                            "properties": {"hostname": {"type": "string"}},
+                        }
+                    ),
+                ),
+            },
+            "/v1/apps/{app}/domains/{hostname}": {
+                "parameters": [
+                    _APP,
+                    {
+                        "name": "hostname",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "example": "www.example.com"},
+                    },
+                ],
+                "delete": _op(
+                    "Stop routing a custom domain to the app (404 unless the app has it)",
+                    {"200": _json({"type": "object"})},
+                ),
+            },
             "/v1/tokens": {
                 "get": _op(
                     "List tokens", {"200": _json({"type": "array", "items": _ref("Token")})}
@@ -285,6 +319,15 @@ def document(version: str) -> dict[str, Any]:
                         "hostname": {"type": "string"},
                         "port": {"type": "integer"},
                         "agent_id": {"type": "string"},
+                    },
+                },
+                "Domain": {
+                    "type": "object",
+                    "properties": {
+                        "hostname": {"type": "string", "example": "www.example.com"},
+                        "kind": {"type": "string", "enum": ["custom", "wildcard"]},
+                        "app": {"type": "string"},
+                        "created_at": {"type": "string", "format": "date-time"},
                     },
                 },
                 "Token": {

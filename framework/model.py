@@ -1,5 +1,5 @@
-"""Berth's nouns as frozen values: App, Artifact, Release, Formation, Token — with validation
-and explicit JSON.
+"""Berth's nouns as frozen values: App, Artifact, Release, Formation, Token, Domain — with
+validation and explicit JSON.
 
 Pure: no I/O, no threads. Config values live here in plain text only in memory; state.py seals
 them before they reach ZooKeeper. Validation messages name keys and sizes, never values.
@@ -159,6 +159,83 @@ def validate_limits(
     return checked
 
 
+# A custom domain: DNS labels of lowercase letters, digits and inner dashes (RFC 1123), at most
+# 63 characters each and 253 in all; a wildcard only as the whole leftmost label.
+DOMAIN_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_DOMAIN_CHARS = 253
+MAX_DOMAINS_PER_APP = 100
+
+
+def validate_domain(text: object) -> str:
+    """A custom domain as the router matches it: `www.example.com` or `*.example.com`.
+
+    Returns it lower-cased, with one trailing dot (the fully qualified form) removed. Refuses
+    a scheme, port, path, IP address, a single label, `*` anywhere but as the whole leftmost
+    label with at least two labels after it, and non-ASCII names (give the punycode form)."""
+    if not isinstance(text, str):
+        raise Invalid("hostname must be a string, like www.example.com")
+    shown = text[:80]
+    if not text:
+        raise Invalid("hostname is empty: give one like www.example.com")
+    if not text.isascii():
+        try:
+            hint = f" ({text.encode('idna').decode('ascii')[:80]})"
+        except UnicodeError:
+            hint = ""
+        raise Invalid(
+            f"hostname {shown!r} is not ASCII: give its punycode form{hint}, with xn-- labels"
+        )
+    if text.startswith("["):
+        raise Invalid(f"hostname {shown!r} is an IP address: give a domain name")
+    if "://" in text:
+        raise Invalid(
+            f"hostname {shown!r}: give the hostname alone, without a scheme like https://"
+        )
+    if "/" in text:
+        raise Invalid(f"hostname {shown!r}: give the hostname alone, without a path")
+    if ":" in text:
+        raise Invalid(f"hostname {shown!r}: give the hostname alone, without a port")
+    name = text.lower().removesuffix(".")
+    if len(name) > MAX_DOMAIN_CHARS:
+        raise Invalid(f"hostname is {len(name)} characters; the limit is {MAX_DOMAIN_CHARS}")
+    labels = name.split(".")
+    if "" in labels:
+        raise Invalid(f"hostname {shown!r} has an empty label (a leading dot or two in a row)")
+    wildcard = labels[0] == "*"
+    rest = labels[1:] if wildcard else labels
+    if any("*" in label for label in rest):
+        raise Invalid(
+            f"hostname {shown!r}: a wildcard may only be the whole leftmost label,"
+            " as in *.example.com"
+        )
+    if len(rest) < 2 and wildcard:
+        raise Invalid(
+            f"hostname {shown!r}: a wildcard needs at least two labels after the *,"
+            " like *.example.com"
+        )
+    if len(rest) < 2:
+        raise Invalid(f"hostname {shown!r} needs at least two labels, like example.com")
+    for label in rest:
+        if len(label) > 63:
+            raise Invalid(
+                f"hostname {shown!r} has a label of {len(label)} characters; the limit is 63"
+            )
+        if not DOMAIN_LABEL.fullmatch(label):
+            bad = sorted({c for c in label if not (c.isalnum() or c == "-")})
+            why = (
+                f"characters {''.join(bad)!r} are not allowed"
+                if bad
+                else "a label cannot start or end with a dash"
+            )
+            raise Invalid(
+                f"hostname {shown!r}: {why} (use letters, digits and dashes, in labels"
+                " separated by dots)"
+            )
+    if rest[-1].isdigit():
+        raise Invalid(f"hostname {shown!r} ends in a numeric label: give a domain name, not an IP")
+    return name
+
+
 def _clip(text: str) -> str:
     if len(text) <= MAX_DESCRIPTION_CHARS:
         return text
@@ -312,4 +389,26 @@ class Token:
             "description": self.description,
             "created_at": self.created_at,
             "created_by": self.created_by,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """A custom domain routed to an app: an exact hostname, or a wildcard (`*.example.com`)
+    for the names under it, as the router matches them."""
+
+    hostname: str  # as validate_domain returns it
+    app: str
+    created_at: str
+
+    @property
+    def kind(self) -> str:
+        return "wildcard" if self.hostname.startswith("*.") else "custom"
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "hostname": self.hostname,
+            "kind": self.kind,
+            "app": self.app,
+            "created_at": self.created_at,
         }

@@ -11,6 +11,13 @@ The znode tree, under the chroot given by `--zk HOSTS/chroot` (default `/berth`)
     /apps/<name>/formation         {"web": 1, …}: process type → quantity
     /apps/<name>/limits            {"web": {"memory_mb": 512, "cpus": 1.0}, …}
     /apps/<name>/restarts          {"web": <epoch>, …}: tasks launched before are replaced
+    /apps/<name>/domains           data: empty; its data version serialises the app's domain
+                                   changes (created with the app's first custom domain)
+    /apps/<name>/domains/<domain>  empty: the app's custom domains, an index of /domains
+    /domains/<domain>              {"app", "created_at", "op"}: the app a custom domain routes
+                                   to (`www.example.com`, `*.example.com`); one znode per
+                                   domain, so a domain belongs to at most one app. The router
+                                   reads these.
     /stops/<task id>               a request (`ps:stop`) for the leader to kill that task
     /framework/id                  {"id": …}: the Mesos FrameworkInfo id, kept across failovers
     /framework/election/…          leader election (leader.py)
@@ -30,7 +37,10 @@ transaction that sets `/apps/<name>` at the version that was read and creates th
 znode; a concurrent writer makes it fail with BadVersion/NodeExists and it is recomputed from a
 fresh read, so no update is lost. If the connection drops during a commit the outcome is
 unknown: after reconnecting, the release znode's `op` says whether this write landed, so a
-write is never applied twice nor reported failed when it succeeded. Requests made while
+write is never applied twice nor reported failed when it succeeded. A custom domain is added
+or removed in one transaction: its /domains znode, its index entry under the app, and a CAS on
+the index's data version (which also caps an app's domains exactly); destroying an app deletes
+its domains in the same transaction as the app. Requests made while
 ZooKeeper is unreachable wait a few seconds for it, then fail with Unavailable (503); kazoo
 reconnects (new session if the old one expired) in the background.
 
@@ -64,16 +74,19 @@ from kazoo.exceptions import (
 )
 from kazoo.protocol.states import KazooState
 
-from berth.framework.errors import BerthError, Conflict, NotFound, Unavailable
+from berth.framework.errors import BerthError, Conflict, Invalid, NotFound, Unavailable
 from berth.framework.model import (
+    MAX_DOMAINS_PER_APP,
     App,
     Artifact,
+    Domain,
     Release,
     Task,
     Token,
     apply_config_changes,
     describe_config_changes,
     now,
+    validate_domain,
     validate_formation_changes,
     validate_limits,
 )
@@ -164,7 +177,7 @@ class Store:
             self._zk.stop()
             raise Unavailable(f"ZooKeeper at {self._hosts} did not answer in {wait:.0f}s") from None
         with self._mapped("set up the znode tree"):
-            for path in ("/apps", "/tokens", "/tasks", "/framework", "/stops"):
+            for path in ("/apps", "/tokens", "/tasks", "/framework", "/stops", "/domains"):
                 self._zk.ensure_path(path)
             if self._zk.exists("/meta") is None:
                 with suppress(NodeExistsError):
@@ -289,7 +302,9 @@ class Store:
         return apps
 
     def destroy_app(self, name: str) -> None:
-        """Delete the app and everything under it in one transaction, or nothing."""
+        """Delete the app and everything under it, its custom domains too, in one transaction,
+        or nothing. A domain added meanwhile makes the transaction fail (NotEmpty), and it is
+        retried from a fresh read."""
         for _ in range(_CAS_ATTEMPTS):
             with self._mapped(f"destroy app {name}"):
                 try:
@@ -302,7 +317,10 @@ class Store:
                     )
                 except NoNodeError:
                     raise NotFound(f"no app named {name}") from None
+                domains = self._app_domain_names(name) if "domains" in children else []
                 paths = [f"/apps/{name}/releases/{r}" for r in releases]
+                for domain in domains:
+                    paths += [f"/apps/{name}/domains/{domain}", f"/domains/{domain}"]
                 paths += [f"/apps/{name}/{c}" for c in children]
                 ops: list[Op] = [("delete", path) for path in paths]
                 ops.append(("delete", f"/apps/{name}", stat.version))
@@ -665,6 +683,154 @@ class Store:
     def clear_stop(self, task_id: str) -> None:
         with self._mapped(f"clear the stop request of {task_id}"), suppress(NoNodeError):
             self._zk.delete_async(f"/stops/{task_id}").get(timeout=self._timeout)
+
+    # -- custom domains ----------------------------------------------------------------------
+
+    def _app_domain_names(self, app: str) -> list[str]:
+        """The app's index of its domains; empty when it never had one (or is gone)."""
+        try:
+            names: list[str] = self._zk.get_children_async(f"/apps/{app}/domains").get(
+                timeout=self._timeout
+            )
+        except NoNodeError:
+            return []
+        return names
+
+    def _domain_record(self, hostname: str) -> tuple[dict[str, Any], Any] | None:
+        try:
+            return self._get(f"/domains/{hostname}")
+        except NoNodeError:
+            return None
+
+    def add_domain(self, app: str, hostname: str) -> Domain:
+        """Route `hostname` (checked by model.validate_domain) to the app. Conflict if this app
+        or another one already has it; Invalid past MAX_DOMAINS_PER_APP."""
+        hostname = validate_domain(hostname)
+        index = f"/apps/{app}/domains"
+        for _ in range(_CAS_ATTEMPTS):
+            self.get_app(app)  # NotFound for the app comes first
+            domain = Domain(hostname=hostname, app=app, created_at=now())
+            op = uuid.uuid4().hex
+            with self._mapped(f"add domain {hostname} to {app}"):
+                found = self._domain_record(hostname)
+                if found is not None:
+                    owner = found[0].get("app")
+                    if owner == app:
+                        raise Conflict(f"domain {hostname} is already added to {app}")
+                    raise Conflict(f"domain {hostname} is already used by app {owner}")
+                try:
+                    names, stat = self._zk.get_children_async(index, include_data=True).get(
+                        timeout=self._timeout
+                    )
+                except NoNodeError:
+                    names, stat = [], None
+                if len(names) >= MAX_DOMAINS_PER_APP:
+                    raise Invalid(
+                        f"app {app} has {len(names)} custom domains; the limit is"
+                        f" {MAX_DOMAINS_PER_APP}: remove one first"
+                    )
+                record = {"app": app, "created_at": domain.created_at, "op": op}
+                guard: Op = (
+                    ("create", index, b"")
+                    if stat is None
+                    else ("set_data", index, b"", stat.version)
+                )
+                ops: list[Op] = [
+                    guard,
+                    ("create", f"{index}/{hostname}", b""),
+                    ("create", f"/domains/{hostname}", _dump(record)),
+                ]
+            try:
+                with self._mapped(f"add domain {hostname} to {app}"):
+                    failure = self._failure(self._commit(ops))
+            except Unavailable:
+                if self._domain_landed(hostname, op):
+                    return domain
+                raise
+            if failure is None:
+                log.info("domain added", extra={"app": app, "domain": hostname})
+                return domain
+            # a concurrent change to the app's domains, the domain taken meanwhile, the app
+            # destroyed: read again, which says which
+            if not isinstance(failure, BadVersionError | NodeExistsError | NoNodeError):
+                raise BerthError(f"could not add domain {hostname}: {type(failure).__name__}")
+        raise Conflict(f"the domains of {app} are changing too fast; try again")
+
+    def _domain_landed(self, hostname: str, op: str) -> bool:
+        """After an add whose answer was lost: did this attempt create the domain?"""
+        with self._mapped(f"check whether domain {hostname} was added"):
+            found = self._domain_record(hostname)
+        return found is not None and found[0].get("op") == op
+
+    def remove_domain(self, app: str, hostname: str) -> None:
+        """Stop routing `hostname` to the app. NotFound unless the app has it: another app's
+        domain is never touched."""
+        hostname = validate_domain(hostname)
+        index = f"/apps/{app}/domains"
+        for _ in range(_CAS_ATTEMPTS):
+            self.get_app(app)
+            with self._mapped(f"remove domain {hostname} from {app}"):
+                found = self._domain_record(hostname)
+                if found is None or found[0].get("app") != app:
+                    raise NotFound(f"app {app} has no domain {hostname}")
+                try:
+                    _, index_stat = self._zk.get_async(index).get(timeout=self._timeout)
+                except NoNodeError:
+                    continue  # the app is being destroyed: read again
+                ops: list[Op] = [
+                    ("set_data", index, b"", index_stat.version),
+                    ("delete", f"{index}/{hostname}"),
+                    ("delete", f"/domains/{hostname}", found[1].version),
+                ]
+            try:
+                with self._mapped(f"remove domain {hostname} from {app}"):
+                    failure = self._failure(self._commit(ops))
+            except Unavailable:
+                with self._mapped(f"check whether domain {hostname} was removed"):
+                    after = self._domain_record(hostname)
+                if after is None or after[0].get("app") != app:
+                    return  # it landed (or someone else removed it): the app has it no more
+                raise
+            if failure is None:
+                log.info("domain removed", extra={"app": app, "domain": hostname})
+                return
+            if not isinstance(failure, BadVersionError | NoNodeError):
+                raise BerthError(f"could not remove domain {hostname}: {type(failure).__name__}")
+        raise Conflict(f"the domains of {app} are changing too fast; try again")
+
+    def domains(self, app: str) -> list[Domain]:
+        """The app's custom domains, sorted by hostname."""
+        with self._mapped(f"list the domains of {app}"):
+            names = self._app_domain_names(app)
+            pending = [(n, self._zk.get_async(f"/domains/{n}")) for n in sorted(names)]
+            found = []
+            for name, result in pending:
+                try:
+                    data, _ = result.get(timeout=self._timeout)
+                except NoNodeError:
+                    continue  # removed between the listing and the read
+                record = _load(data)
+                if record.get("app") == app:
+                    found.append(Domain(hostname=name, app=app, created_at=record["created_at"]))
+        if not names:
+            self.get_app(app)  # NotFound for an unknown app
+        return found
+
+    def all_domains(self, watch: Watcher | None = None) -> dict[str, str]:
+        """Every custom domain → its app, for the router. With `watch`, it is called once (on
+        kazoo's thread: it must only signal) when a domain is next added or removed; a
+        domain's znode is never changed in place, so the children watch is enough."""
+        with self._mapped("list custom domains"):
+            names = self._zk.get_children_async("/domains", watch=watch).get(timeout=self._timeout)
+            pending = [(n, self._zk.get_async(f"/domains/{n}")) for n in sorted(names)]
+            mapping = {}
+            for name, result in pending:
+                try:
+                    data, _ = result.get(timeout=self._timeout)
+                except NoNodeError:
+                    continue
+                mapping[name] = str(_load(data)["app"])
+        return mapping
 
     # -- tokens ------------------------------------------------------------------------------
 
