@@ -1,10 +1,8 @@
-"""`berth server`: run the control plane's processes on one machine and keep them running.
-
-Each component is its own process (`berth api`, `berth framework`; `berth router` when it
-lands), started with the same settings, restarted with backoff (1 s doubling to 30 s, reset
-after a minute up) if it dies, and stopped with SIGTERM (SIGKILL after a grace period) when the
-server is asked to stop. Starts children by command line only: imports no other berth package.
-
+"""`berth server`: run Berth's processes on one machine and keep them running. Each
+component is its own process (`berth api`, `berth framework`, `berth router`), started with
+the same settings, restarted with backoff (1 s doubling to 30 s, reset after a minute up) if it
+dies, and stopped with SIGTERM (SIGKILL after a grace period) when the server is asked to stop.
+Starts children by command line only: imports no other berth package.
 Threads: the main thread runs `Supervisor.run`; signal handlers only set the stop Event.
 """
 
@@ -28,7 +26,7 @@ from berth.framework.settings import Settings
 log = logging.getLogger(__name__)
 
 # Each component runs as `python -m <module>`: its own entry, without the CLI client code.
-COMPONENTS = {"api": "berth.api", "framework": "berth.framework"}
+COMPONENTS = {"api": "berth.api", "framework": "berth.framework", "router": "berth.router"}
 STOP_GRACE = 15.0
 BACKOFF_START, BACKOFF_MAX, HEALTHY_AFTER = 1.0, 30.0, 60.0
 
@@ -95,11 +93,28 @@ class Supervisor:
                 child.proc.wait()
 
 
+def component_args(name: str, master: str, http_addr: str) -> list[str]:
+    """The flags only one component takes. The router stops its HAProxy when `berth server`
+    stops it; if the router dies instead, HAProxy keeps serving and the next router adopts it."""
+    if name == "framework":
+        return [f"--master={master}"]
+    if name == "router":
+        return [f"--http-addr={http_addr}", "--stop-haproxy"]
+    return []
+
+
 @click.command("server")
 @settings_options
 @master_option
-def command(settings: Settings, master: str) -> None:
-    """Run Berth's control plane on this machine: the API and the framework (scheduler)."""
+@click.option(
+    "--http-addr",
+    envvar="BERTH_HTTP_ADDR",
+    default="0.0.0.0:80",
+    show_default=True,
+    help="[HOST]:PORT the router serves apps' HTTP on",
+)
+def command(settings: Settings, master: str, http_addr: str) -> None:
+    """Run Berth on this machine: the API, the framework (scheduler) and the router."""
     jsonlog.setup("server")
     stop = threading.Event()
 
@@ -116,7 +131,7 @@ def command(settings: Settings, master: str) -> None:
                 "-m",
                 module,
                 *settings_args(settings),
-                *([f"--master={master}"] if name == "framework" else []),
+                *component_args(name, master, http_addr),
             ],
         )
         for name, module in COMPONENTS.items()

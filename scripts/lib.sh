@@ -23,7 +23,7 @@ apt_install() {
 }
 
 # The Debian packages Berth needs to run and to be tested.
-BERTH_DEBIAN_PACKAGES=(zookeeper default-jre-headless git ca-certificates curl)
+BERTH_DEBIAN_PACKAGES=(zookeeper default-jre-headless git ca-certificates curl haproxy)
 
 # python_for_venv: a Python ≥ 3.11 that can make virtualenvs (Debian's needs python3-venv).
 python_for_venv() {

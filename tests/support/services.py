@@ -106,6 +106,8 @@ class BerthApi:
         self.data_dir = data_dir
         self.log_path = log_path
         self.command = command
+        # `berth server` also runs the router: its HAProxy on a port of its own
+        self.http_port = free_port() if command == "server" else 0
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -125,6 +127,7 @@ class BerthApi:
                     f"--data-dir={self.data_dir}",
                     f"--zk={self.zk}",
                     f"--api-addr=127.0.0.1:{self.port}",
+                    *([f"--http-addr=127.0.0.1:{self.http_port}"] if self.http_port else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -160,6 +163,17 @@ class BerthApi:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait()
         self._proc = None
+        stop_haproxy(self.data_dir / "router")
+
+
+def stop_haproxy(run_dir: Path) -> None:
+    """Stops an HAProxy a router left running in `run_dir` (it keeps serving when its router
+    is killed, by design), so no test leaves one behind."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((run_dir / "haproxy.pid").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"haproxy" in cmdline and str(run_dir).encode() in cmdline:
+            os.kill(pid, signal.SIGTERM)
 
 
 class BerthFramework:
@@ -228,3 +242,65 @@ def cleanup_executors(data_dir: Path) -> None:
     for pid in executor_pids(data_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+class BerthRouter:
+    """`berth router` as a real process, with its HAProxy serving on its own port. The router
+    keeps HAProxy running when it stops (by design); `stop()` stops both."""
+
+    def __init__(
+        self, zk_hosts: str, chroot: str, data_dir: Path, log_path: Path, domain: str = "localhost"
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.run_dir = data_dir / "router"
+        self.argv = [
+            sys.executable,
+            "-m",
+            "berth.cli",
+            "router",
+            f"--data-dir={data_dir}",
+            f"--zk={zk_hosts}{chroot}",
+            f"--domain={domain}",
+            f"--http-addr=127.0.0.1:{self.port}",
+        ]
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"berth router exited; see {self.log_path}")
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the router did not listen on {self.port}")
+            time.sleep(0.1)
+
+    def haproxy_pid(self) -> int:
+        return int((self.run_dir / "haproxy.pid").read_text().split()[0])
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signals the controller only: HAProxy is in a session of its own."""
+        assert self._proc is not None
+        self._proc.send_signal(sig)
+        self._proc.wait(20)
+        self._proc = None
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+        stop_haproxy(self.run_dir)

@@ -1,0 +1,1 @@
+"""berth.router: the router controller (HAProxy driven from ZooKeeper)."""

@@ -1,0 +1,3 @@
+from berth.router.main import command
+
+command(prog_name="berth router")
