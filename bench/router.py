@@ -411,7 +411,6 @@ def main() -> None:
             wait_until(lambda: http_get(peer_port, host)[0] == 200, 30, "nginx serving")
 
             print_machine(tmp)
-            print(f"command: {' '.join(sys.argv)}\n")
             print(
                 f"wrk -t2 -c{args.connections} -d{args.duration:g}s; {args.rounds} rounds per side;"
                 " haproxy "
