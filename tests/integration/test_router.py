@@ -201,7 +201,7 @@ def test_routes_by_host_isolates_apps_and_explains_errors(berth: Berth, test_ima
         return f"{reply.status_code} {reply.text.strip()}"
 
     wait_for(lambda: page("rt-one.localhost") == f"200 rt-one web.1 v{v_one}", 10)
-    assert page("rt-two.localhost") == f"200 rt-two web.1 v{v_two}"
+    wait_for(lambda: page("rt-two.localhost") == f"200 rt-two web.1 v{v_two}", 10)
     assert page("RT-TWO.localhost:80") == f"200 rt-two web.1 v{v_two}"  # case and port ignored
 
     unknown = berth.get("nothing-here.localhost")
