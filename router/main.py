@@ -98,6 +98,10 @@ class Controller:
                 log.warning("router round failed: %s", exc.message)
                 self._changed.set()
                 stop.wait(1.0)
+            except Exception:  # a bug must not stop routing updates: HAProxy keeps serving
+                log.exception("router round failed")
+                self._changed.set()
+                stop.wait(1.0)
             wait = self._resync
             if self._removals:
                 wait = max(0.0, min(wait, self._retry_at - time.monotonic()))
@@ -105,6 +109,10 @@ class Controller:
             if self._changed.is_set():
                 stop.wait(DEBOUNCE)
         log.info("router stopped; HAProxy keeps serving the last table")
+
+    def wake(self) -> None:
+        """Ends the current wait at once (any thread; used when stopping)."""
+        self._changed.set()
 
     def stop_haproxy(self) -> None:
         self._haproxy.stop()
@@ -249,14 +257,15 @@ def command(
     except BerthError as exc:
         raise click.UsageError(exc.message) from None
     stop = threading.Event()
+    store = connect(settings.zk_hosts, settings.zk_chroot, None)
+    controller = Controller(store, config, settings.domain, haproxy_binary=haproxy_binary)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        controller.wake()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    store = connect(settings.zk_hosts, settings.zk_chroot, None)
-    controller = Controller(store, config, settings.domain, haproxy_binary=haproxy_binary)
     started = time.monotonic()
     try:
         controller.run(stop)
