@@ -302,7 +302,11 @@ def test_a_removed_container_is_ejected_without_errors(
         load.wait_for_requests(20)
         victim = docker_client.containers.list(filters={"label": "berth.app=rt-load"})[0]
         victim.remove(force=True)
+        # a response the dying container was in the middle of cannot be saved by any proxy:
+        # at most one per client may fail, and none once the server is ejected
         load.wait_for_requests(100)
+        at_ejection = len(load.failures)
         berth.serving("rt-load", 2)
-        load.wait_for_requests(50)
-    assert load.failures == []
+        load.wait_for_requests(200)
+    assert at_ejection <= 4, load.failures
+    assert len(load.failures) == at_ejection, load.failures[at_ejection:]
