@@ -16,7 +16,9 @@ import docker
 import pytest
 import requests
 
+from berth.framework.model import TERMINAL_STATES
 from tests.conftest import Api
+from tests.support import waiting
 from tests.support.services import (
     BerthApi,
     BerthFramework,
@@ -66,17 +68,11 @@ class Berth:
         return result
 
 
-ENDED = {"finished", "failed", "killed", "lost", "gone", "error", "dropped"}
+ENDED = TERMINAL_STATES
 
 
 def wait_for(what: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+    return waiting.wait_for(what, timeout, interval=0.2)
 
 
 def containers_of(client: docker.DockerClient, app: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -19,7 +18,9 @@ import docker
 import pytest
 import requests
 
+from berth.framework.model import TERMINAL_STATES
 from tests.conftest import Api
+from tests.support import waiting
 from tests.support.services import (
     BerthApi,
     BerthFramework,
@@ -37,17 +38,11 @@ SERVE = (
     'echo "$BERTH_APP $BERTH_TASK $BERTH_RELEASE" >/tmp/www/index.html && '
     'exec httpd -f -p "$PORT" -h /tmp/www'
 )
-ENDED = {"finished", "failed", "killed", "lost", "gone", "error", "dropped"}
+ENDED = TERMINAL_STATES
 
 
 def wait_for(what: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+    return waiting.wait_for(what, timeout, interval=0.1)
 
 
 class Berth:

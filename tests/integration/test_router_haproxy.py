@@ -13,7 +13,6 @@ import shutil
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +38,7 @@ from berth.router.haproxy import (
 )
 from berth.router.table import Server, Table
 from tests.conftest import need
+from tests.support import waiting
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.haproxy
@@ -48,13 +48,7 @@ UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
 def wait_for(what: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+    return waiting.wait_for(what, timeout, interval=0.05)
 
 
 # -- apps -------------------------------------------------------------------------------------
