@@ -13,11 +13,19 @@ from flask import Flask, Response, g, request
 from berth.api import (
     auth,
     errors,
+    git,
     routes_apps,
+    routes_builds,
+    routes_certs,
+    routes_checks,
     routes_domains,
+    routes_drains,
+    routes_logs,
     routes_meta,
     routes_ps,
     routes_releases,
+    routes_routes,
+    routes_routing,
     routes_tokens,
 )
 from berth.api.context import SETTINGS, STORE
@@ -40,10 +48,18 @@ def create_app(store: Store, settings: Settings) -> Flask:
         routes_apps,
         routes_releases,
         routes_ps,
+        routes_checks,
         routes_domains,
+        routes_drains,
+        routes_logs,
+        routes_certs,
+        routes_routes,
+        routes_routing,
         routes_tokens,
+        routes_builds,
     ):
         app.register_blueprint(module.bp)
+    git.install(app)  # /git/APP.git: git push and clone
 
     @app.before_request
     def start_clock() -> None:

@@ -108,6 +108,51 @@ def document(version: str) -> dict[str, Any]:
                 "parameters": [_APP, _VERSION],
                 "get": _op("One release, with its config", {"200": _json(_ref("Release"))}),
             },
+            "/v1/apps/{app}/builds": {
+                "parameters": [_APP],
+                "get": _op(
+                    "The app's builds (git push), newest first, without logs",
+                    {"200": _json({"type": "array", "items": _ref("Build")})},
+                    parameters=[_query("limit", {"type": "integer", "minimum": 1, "maximum": 50})],
+                ),
+            },
+            "/v1/apps/{app}/builds/{build_id}": {
+                "parameters": [
+                    _APP,
+                    {
+                        "name": "build_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "get": _op("One build with its log", {"200": _json(_ref("Build"))}),
+            },
+            "/git/{app}.git/info/refs": {
+                "parameters": [
+                    _APP,
+                    _query(
+                        "service",
+                        {"type": "string", "enum": ["git-receive-pack", "git-upload-pack"]},
+                    ),
+                ],
+                "get": _op(
+                    "git smart HTTP: the refs (HTTP Basic, the token as password)",
+                    {"200": _git("advertisement")},
+                ),
+            },
+            "/git/{app}.git/git-receive-pack": {
+                "parameters": [_APP],
+                "post": _op(
+                    "git push: store the pack, build, release; the build's output streams back"
+                    " as side-band progress, then report-status",
+                    {"200": _git("result")},
+                ),
+            },
+            "/git/{app}.git/git-upload-pack": {
+                "parameters": [_APP],
+                "post": _op("git clone and fetch of the app's repository", {"200": _git("result")}),
+            },
             "/v1/apps/{app}/rollback": {
                 "parameters": [_APP],
                 "post": _op(
@@ -193,6 +238,33 @@ def document(version: str) -> dict[str, Any]:
                     requestBody=_body({"type": "object"}),
                 ),
             },
+            "/v1/apps/{app}/checks": {
+                "parameters": [_APP],
+                "get": _op(
+                    "Health check per process type: type (http, tcp, none), path, startup"
+                    " seconds, and whether it is the default",
+                    {"200": _json({"type": "object"})},
+                ),
+                "patch": _op(
+                    'Set checks per process type ({"web": {"path": "/up"}});'
+                    " null restores the default",
+                    {"200": _json({"type": "object"})},
+                    requestBody=_body({"type": "object"}),
+                ),
+            },
+            "/v1/apps/{app}/routing": {
+                "parameters": [_APP],
+                "get": _op(
+                    "The app's router settings: timeout (seconds, null for the router's"
+                    " default) and https_only",
+                    {"200": _json({"type": "object"})},
+                ),
+                "patch": _op(
+                    "Change timeout (1-3600 s, null resets) and https_only",
+                    {"200": _json({"type": "object"})},
+                    requestBody=_body({"type": "object"}),
+                ),
+            },
             "/v1/apps/{app}/domains": {
                 "parameters": [_APP],
                 "get": _op(
@@ -225,6 +297,169 @@ def document(version: str) -> dict[str, Any]:
                 "delete": _op(
                     "Stop routing a custom domain to the app (404 unless the app has it)",
                     {"200": _json({"type": "object"})},
+                ),
+            },
+            "/v1/apps/{app}/drains": {
+                "parameters": [_APP],
+                "get": _op(
+                    "The app's log drains in the order added, with logd's delivery stats"
+                    " (null when logd does not answer)",
+                    {"200": _json({"type": "array", "items": _ref("Drain")})},
+                ),
+                "post": _op(
+                    "Send the app's log lines to syslog://host:port, syslog+tls://host:port"
+                    " (RFC 5424, octet counting) or https://host/path (NDJSON batches);"
+                    " 409 if the app has it, 422 for a bad URL or over 10 drains",
+                    {"201": _json(_ref("Drain"), "Created"), "409": _resp("Conflict")},
+                    requestBody=_body(
+                        {
+                            "type": "object",
+                            "required": ["url"],
+                            "properties": {"url": {"type": "string"}},
+                        }
+                    ),
+                ),
+                "delete": _op(
+                    "Remove the drain with this URL (normalised like an added one); 404 unless"
+                    " the app has it",
+                    {"200": _json({"type": "object"})},
+                    parameters=[
+                        {
+                            "name": "url",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                ),
+            },
+            "/v1/apps/{app}/drains/{drain}": {
+                "parameters": [
+                    _APP,
+                    {
+                        "name": "drain",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "example": "d.0123456789ab"},
+                    },
+                ],
+                "delete": _op(
+                    "Remove a drain by its id (404 unless the app has it)",
+                    {"200": _json({"type": "object"})},
+                ),
+            },
+            "/v1/apps/{app}/certs": {
+                "parameters": [_APP],
+                "get": _op(
+                    "The app's TLS certificates (never their keys), sorted by name",
+                    {"200": _json({"type": "array", "items": _ref("Certificate")})},
+                ),
+                "post": _op(
+                    "Add a certificate (PEM chain and unencrypted PEM key) for names the app"
+                    " has; 422 for a key that does not match, an expired certificate or a"
+                    " name the app does not have",
+                    {"201": _json(_ref("Certificate"), "Created")},
+                    requestBody=_body(
+                        {
+                            "type": "object",
+                            "required": ["certificate", "private_key"],
+                            "properties": {
+                                "certificate": {"type": "string"},
+                                "private_key": {"type": "string"},
+                            },
+                        }
+                    ),
+                ),
+            },
+            "/v1/apps/{app}/certs/{hostname}": {
+                "parameters": [
+                    _APP,
+                    {
+                        "name": "hostname",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "example": "www.example.com"},
+                    },
+                ],
+                "delete": _op(
+                    "Remove the app's certificate named by, else listing, a hostname",
+                    {"200": _json({"type": "object"})},
+                ),
+            },
+            "/v1/apps/{app}/routes": {
+                "parameters": [_APP],
+                "get": _op(
+                    "How the app is reached: its HTTP host names, then its TCP routes by port",
+                    {"200": _json({"type": "array", "items": _ref("Route")})},
+                ),
+                "post": _op(
+                    "Expose a process type on a router port (a TCP route); 409 if any app has"
+                    " a route on that port",
+                    {"201": _json(_ref("Route"), "Created"), "409": _resp("Conflict")},
+                    requestBody=_body(
+                        {
+                            "type": "object",
+                            "required": ["port", "process"],
+                            "properties": {
+                                "type": {"type": "string", "enum": ["tcp"]},
+                                "port": {"type": "integer", "minimum": 1024, "maximum": 65535},
+                                "process": {"type": "string", "example": "db"},
+                                "proxy_protocol": {
+                                    "type": "string",
+                                    "enum": ["v1", "v2"],
+                                    "nullable": True,
+                                },
+                            },
+                        }
+                    ),
+                ),
+            },
+            "/v1/apps/{app}/routes/tcp/{port}": {
+                "parameters": [
+                    _APP,
+                    {
+                        "name": "port",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "example": 5432},
+                    },
+                ],
+                "delete": _op(
+                    "Remove the app's TCP route on this port (404 unless the app has it)",
+                    {"200": _json({"type": "object"})},
+                ),
+            },
+            "/v1/apps/{app}/logs": {
+                "parameters": [_APP],
+                "get": _op(
+                    "The app's last log lines, oldest first, as NDJSON records (or Heroku's"
+                    " text); with tail=1 the response stays open with new lines (a blank"
+                    " line every second is a keepalive)",
+                    {
+                        "200": {
+                            "description": "Log records",
+                            "content": {
+                                "application/x-ndjson": {"schema": _ref("LogRecord")},
+                                "text/plain": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "503": _json(_ref("Error"), "The log service is away, or too many tails"),
+                    },
+                    parameters=[
+                        _query(
+                            "lines",
+                            {"type": "integer", "minimum": 0, "maximum": 10000, "default": 100},
+                        ),
+                        _query("tail", {"type": "integer", "enum": [0, 1], "default": 0}),
+                        _query("ps", {"type": "string", "example": "web.1"}),
+                        _query(
+                            "source",
+                            {"type": "string", "enum": ["app", "router", "build", "berth"]},
+                        ),
+                        _query("since", {"type": "string", "example": "10m"}),
+                        _query("grep", {"type": "string", "maxLength": 256}),
+                        _query("format", {"type": "string", "enum": ["json", "text"]}),
+                    ],
                 ),
             },
             "/v1/tokens": {
@@ -303,6 +538,24 @@ def document(version: str) -> dict[str, Any]:
                         "config": _STRING_MAP,
                     },
                 },
+                "Build": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "example": "6566a1b2c3d4"},
+                        "app": {"type": "string"},
+                        "commit": {"type": "string"},
+                        "builder": {"type": "string", "enum": ["dockerfile"]},
+                        "status": {"type": "string", "enum": ["building", "succeeded", "failed"]},
+                        "created_by": {"type": "string"},
+                        "started_at": {"type": "string", "format": "date-time"},
+                        "finished_at": {"type": "string", "format": "date-time", "nullable": True},
+                        "duration": {"type": "number", "nullable": True},
+                        "release": {"type": "integer", "nullable": True},
+                        "image": {"type": "string"},
+                        "error": {"type": "string"},
+                        "log": {"type": "string", "description": "builds/{build_id} only"},
+                    },
+                },
                 "Task": {
                     "type": "object",
                     "properties": {
@@ -321,6 +574,19 @@ def document(version: str) -> dict[str, Any]:
                         "agent_id": {"type": "string"},
                     },
                 },
+                "Certificate": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "example": "www.example.com"},
+                        "app": {"type": "string"},
+                        "hostnames": {"type": "array", "items": {"type": "string"}},
+                        "issuer": {"type": "string"},
+                        "not_after": {"type": "string", "format": "date-time"},
+                        "fingerprint": {"type": "string"},
+                        "source": {"type": "string", "enum": ["manual", "acme"]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                    },
+                },
                 "Domain": {
                     "type": "object",
                     "properties": {
@@ -328,6 +594,51 @@ def document(version: str) -> dict[str, Any]:
                         "kind": {"type": "string", "enum": ["custom", "wildcard"]},
                         "app": {"type": "string"},
                         "created_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "Drain": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "example": "d.0123456789ab"},
+                        "url": {"type": "string", "example": "syslog+tls://logs.example.com:6514"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "buffered": {"type": "integer", "nullable": True},
+                        "delivered": {"type": "integer", "nullable": True},
+                        "dropped": {"type": "integer", "nullable": True},
+                        "status": {
+                            "type": "string",
+                            "nullable": True,
+                            "enum": ["pending", "starting", "up", "retrying", None],
+                        },
+                        "last_error": {"type": "string", "nullable": True},
+                    },
+                },
+                "Route": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "example": "tcp:5432"},
+                        "type": {"type": "string", "enum": ["http", "tcp"]},
+                        "host": {"type": "string", "description": "http routes"},
+                        "port": {"type": "integer", "description": "tcp routes"},
+                        "app": {"type": "string"},
+                        "process": {"type": "string"},
+                        "proxy_protocol": {
+                            "type": "string",
+                            "enum": ["v1", "v2"],
+                            "nullable": True,
+                        },
+                        "created_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "LogRecord": {
+                    "type": "object",
+                    "properties": {
+                        "ts": {"type": "string", "example": "2026-01-02T03:04:05.678901Z"},
+                        "app": {"type": "string"},
+                        "source": {"type": "string", "enum": ["app", "router", "build", "berth"]},
+                        "process": {"type": "string", "example": "web.1"},
+                        "stream": {"type": "string", "enum": ["stdout", "stderr"]},
+                        "text": {"type": "string"},
                     },
                 },
                 "Token": {
@@ -342,6 +653,17 @@ def document(version: str) -> dict[str, Any]:
                 },
             },
         },
+    }
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _git(kind: str) -> dict[str, Any]:
+    return {
+        "description": f"git's pkt-line {kind}",
+        "content": {f"application/x-git-receive-pack-{kind}": {"schema": {"type": "string"}}},
     }
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from berth.api.context import json_body, settings, store, who
+from berth.api.routes_logs import forget_history
 from berth.framework.errors import Conflict
 from berth.framework.model import App, random_app_name, validate_app_name
 
@@ -37,6 +38,7 @@ def create_app() -> tuple[Response, int]:
                 continue
         else:
             raise Conflict("could not find a free random app name; give one")
+    forget_history(app.name)  # whatever an earlier app of this name left
     return jsonify(app_json(app)), 201
 
 
@@ -49,4 +51,5 @@ def app_info(app: str) -> Response:
 @bp.delete("/<app>")
 def destroy_app(app: str) -> Response:
     store().destroy_app(app)
+    forget_history(app)
     return jsonify({"destroyed": app})

@@ -369,6 +369,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
     parser.add_argument("--routes", type=int, default=10000, help="routes for test 2 (10000)")
     parser.add_argument("--changes", type=int, default=20, help="route changes timed (20)")
+    parser.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="run the router without access lines to logd (to measure what they cost)",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "haproxy"):
         if shutil.which(tool) is None:
@@ -383,6 +389,7 @@ def main() -> None:
         chroot = f"/bench-{uuid.uuid4().hex[:8]}"
         router: BerthRouter | None = None
         store: Store | None = None
+        logd: subprocess.Popen[bytes] | None = None
         started = time.monotonic()
 
         def on_term(signum: int, frame: object) -> None:
@@ -391,15 +398,39 @@ def main() -> None:
         signal.signal(signal.SIGTERM, on_term)
         try:
             zookeeper.start()
+            # the router ships an access line per request to logd, as in production (the
+            # peer nginx writes its access log to a file)
+            logs_port = free_port()
+            logd = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "berth.cli",
+                    "logd",
+                    f"--data-dir={tmp / 'data'}",
+                    f"--logs-addr=127.0.0.1:{logs_port}",
+                ],
+                stdout=(tmp / "logd.log").open("ab"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             router = BerthRouter(
-                zookeeper.hosts, chroot, tmp / "data", tmp / "router.log", domain=DOMAIN
+                zookeeper.hosts,
+                chroot,
+                tmp / "data",
+                tmp / "router.log",
+                domain=DOMAIN,
+                extra_args=(
+                    f"--logs-addr=127.0.0.1:{logs_port}",
+                    *(() if args.access_log else ("--no-access-log",)),
+                ),
             )
             backends.write(backend_block(ports, tmp))
             backends.start()
             peer_port = free_port()
             peer.write(proxy_block(peer_port, {f"{APP}.{DOMAIN}": [ports["b1"], ports["b2"]]}))
             peer.start()
-            (tmp / "data").mkdir(mode=0o700)
+            (tmp / "data").mkdir(mode=0o700, exist_ok=True)
             store = Store(zookeeper.hosts, chroot, Sealer(load_or_create_key(tmp / "data")))
             store.start()
             store.create_app(APP, "bench")
@@ -484,6 +515,10 @@ def main() -> None:
             if store is not None:
                 with suppress(Exception):
                     store.stop()
+            if logd is not None:
+                logd.terminate()
+                with suppress(subprocess.TimeoutExpired):
+                    logd.wait(10)
             peer.stop()
             backends.stop()
             zookeeper.stop()

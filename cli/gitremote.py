@@ -1,9 +1,12 @@
 """The `berth` git remote of the repository in the current directory (dulwich; no git binary
-needed): which app it names, and adding or removing it. The URL never carries the token."""
+needed): which app it names, and adding or removing it, with `berth git:credentials` as git's
+credential helper for the Berth URL. Neither the URL nor the config ever carries the token."""
 
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from pathlib import Path
 
 from dulwich.errors import NotGitRepository
@@ -47,6 +50,29 @@ def add_remote(api_url: str, app: str, path: Path | None = None) -> bool:
         section = (b"remote", REMOTE.encode())
         config.set(section, b"url", remote_url(api_url, app).encode())
         config.set(section, b"fetch", f"+refs/heads/*:refs/remotes/{REMOTE}/*".encode())
+        config.write_to_path()
+    add_credential_helper(api_url, path)
+    return True
+
+
+def helper_command() -> str:
+    """How git runs `berth git:credentials` (with this very interpreter: no PATH needed)."""
+    return f"!{shlex.quote(sys.executable)} -m berth.cli git:credentials"
+
+
+def add_credential_helper(api_url: str, path: Path | None = None) -> bool:
+    """Make git ask `berth git:credentials` for the Berth URL's password (the token), in this
+    repository's config: `credential.<url>.helper` is reset (an empty value drops helpers
+    configured for that URL before it) and set to ours. The token itself is never written."""
+    repo = _repo(path)
+    if repo is None:
+        return False
+    with repo:
+        config = repo.get_config()
+        section = (b"credential", api_url.rstrip("/").encode())
+        config.set(section, b"helper", b"")
+        config.add(section, b"helper", helper_command().encode())
+        config.set(section, b"username", b"berth")
         config.write_to_path()
     return True
 

@@ -128,15 +128,17 @@ def is_root(user: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ContainerSpec:
-    """One container to run. `port` is the host port from the Mesos offer: the container
-    listens on the same number (it gets `PORT=<port>`, which wins over `env`), published on
-    `host_ip`. `user=None` means the image's USER if it is not root, else `DEFAULT_USER`."""
+    """One container to run. `port` is the host port from the Mesos offer, published on
+    `host_ip`; the container listens on `container_port` (an image's EXPOSEd port), or by
+    default on the same number as the host port, and gets it in `PORT` (which wins over
+    `env`). `user=None` means the image's USER if it is not root, else `DEFAULT_USER`."""
 
     name: str
     image: str
     command: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     port: int | None = None
+    container_port: int | None = None
     host_ip: str = "0.0.0.0"  # noqa: S104 - Mesos offers the agent's ports on every address
     labels: dict[str, str] = field(default_factory=dict)
     memory_bytes: int = 512 * 1024 * 1024
@@ -163,6 +165,10 @@ class ContainerSpec:
             raise InvalidSpec("an environment value contains a NUL byte")
         if self.port is not None and not 1 <= self.port <= 65535:
             raise InvalidSpec(f"port {self.port} is out of range")
+        if self.container_port is not None and (
+            self.port is None or not 1 <= self.container_port <= 65535
+        ):
+            raise InvalidSpec(f"container port {self.container_port} needs a host port, 1-65535")
         if self.memory_bytes < MIN_MEMORY_BYTES:
             raise InvalidSpec(f"memory {self.memory_bytes} bytes is below Docker's 6 MiB")
         if not 0 < self.cpus <= 1024:
@@ -178,7 +184,7 @@ class ContainerSpec:
     def environment(self) -> dict[str, str]:
         env = dict(self.env)
         if self.port is not None:
-            env["PORT"] = str(self.port)
+            env["PORT"] = str(self.container_port or self.port)
         return env
 
 
@@ -262,9 +268,10 @@ class Containers:
         if spec.command is not None:
             body["Cmd"] = list(spec.command)
         if spec.port is not None:
-            body["ExposedPorts"] = {f"{spec.port}/tcp": {}}
+            inside = f"{spec.container_port or spec.port}/tcp"
+            body["ExposedPorts"] = {inside: {}}
             host_config["PortBindings"] = {
-                f"{spec.port}/tcp": [{"HostIp": spec.host_ip, "HostPort": str(spec.port)}]
+                inside: [{"HostIp": spec.host_ip, "HostPort": str(spec.port)}]
             }
         if self._init_available():
             host_config["Init"] = True

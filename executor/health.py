@@ -9,8 +9,11 @@ for `settle` seconds. A server that accepts and closes straight away reads as un
 
 A `HealthWatch` runs in a thread of its own (the executor starts one per task): it probes until
 the first pass, then every `interval`, and calls `on_change(healthy, detail)` on each
-transition — the first pass, `failures` consecutive failures, the first pass after them. It
-returns when its `stop` event is set (the container exited, or a kill began).
+transition — the first pass, `failures` consecutive failures, the first pass after them. If no
+check passes within `startup` seconds of the start it calls `on_never(detail)` once and
+returns (the executor then ends the task: a process that never answers must not hold a
+deploy forever; Heroku's boot timeout is the same 60 s). It also returns when its `stop` event
+is set (the container exited, or a kill began).
 
 Must not import flask, kazoo, berth.api or berth.cli (import-linter contract); uses only the
 standard library.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -103,14 +107,15 @@ class Probe:
 @dataclass(frozen=True, slots=True)
 class Policy:
     """How often to probe and when to change one's mind. Until the first pass the probe is
-    retried every `startup_interval`, for as long as the task lives."""
+    retried every `startup_interval`, for at most `startup` seconds."""
 
     interval: float = 10.0
     failures: int = 3
     startup_interval: float = 0.5
+    startup: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.interval <= 0 or self.startup_interval <= 0:
+        if self.interval <= 0 or self.startup_interval <= 0 or self.startup <= 0:
             raise ValueError("health check intervals must be positive")
         if self.failures < 1:
             raise ValueError("health check failures must be at least 1")
@@ -126,11 +131,15 @@ class HealthWatch:
         policy: Policy,
         on_change: Callable[[bool, str], None],
         stop: threading.Event,
+        on_never: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._probe = probe
         self._policy = policy
         self._on_change = on_change
+        self._on_never = on_never
         self._stop = stop
+        self._clock = clock
 
     def run(self) -> None:
         if not self._wait_first_pass():
@@ -159,6 +168,7 @@ class HealthWatch:
 
     def _wait_first_pass(self) -> bool:
         attempts = 0
+        deadline = self._clock() + self._policy.startup
         while not self._stop.is_set():
             outcome = self._probe.check()
             attempts += 1
@@ -168,6 +178,18 @@ class HealthWatch:
                 log.info("task healthy: %s", outcome.detail, extra={"attempts": attempts})
                 self._on_change(True, outcome.detail)
                 return True
+            if self._clock() >= deadline:
+                log.warning(
+                    "no health check passed in time: %s",
+                    outcome.detail,
+                    extra={"attempts": attempts, "startup": self._policy.startup},
+                )
+                if self._on_never is not None:
+                    self._on_never(
+                        f"no health check passed within {self._policy.startup:g} s"
+                        f" (last: {outcome.detail})"
+                    )
+                return False
             if attempts == 1 or attempts % 20 == 0:
                 log.info("waiting for the task to become healthy: %s", outcome.detail)
             self._stop.wait(self._policy.startup_interval)

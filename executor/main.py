@@ -14,8 +14,11 @@ A task's status updates, in order:
     terminal        TASK_FINISHED (exit 0), TASK_KILLED (we stopped it), TASK_FAILED (a nonzero
                     exit: REASON_COMMAND_EXECUTOR_FAILED; out of memory:
                     REASON_CONTAINER_LIMITATION_MEMORY; no container:
-                    REASON_CONTAINER_LAUNCH_FAILED), TASK_ERROR (a payload or spec Berth cannot
-                    run: REASON_TASK_INVALID). `data` carries exit_code and oom.
+                    REASON_CONTAINER_LAUNCH_FAILED; no health check passed within the
+                    payload's `health.startup` seconds: the container is stopped,
+                    REASON_TASK_HEALTH_CHECK_STATUS_UPDATED and `never_healthy` in `data`),
+                    TASK_ERROR (a payload or spec Berth cannot run: REASON_TASK_INVALID).
+                    `data` carries exit_code and oom.
 
 The container is removed before the terminal update is sent, so when the scheduler hears of
 the end, the container's name and port are free. After the terminal update the process exits;
@@ -31,7 +34,8 @@ agent runs when an executor dies without ending its task) removes a dead executo
 Threads: the driver's "mesos-executor" thread runs the callbacks, which only decide and queue
 (they never wait on Docker); "status-updates" sends the queued updates to the agent in order;
 per task, "task" starts the container and waits for it to end, "health" probes it, "logs"
-copies its output into `$MESOS_SANDBOX/stdout` and `stderr`, and "kill" stops it. The main
+copies its output into `$MESOS_SANDBOX/stdout` and `stderr` (and hands it to
+"log-ship", which sends it to berth logd), and "kill" stops it. The main
 thread waits for the task to end or for SIGTERM/SIGINT (handled as a shutdown). Each task's
 state is changed only under its lock, which is also where its updates are queued.
 
@@ -61,7 +65,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -79,6 +83,7 @@ from berth.executor.driver import AgentEnvironment, Executor, ExecutorDriver, Me
 from berth.executor.health import KINDS, HealthWatch, Policy, Probe
 from berth.framework import jsonlog
 from berth.framework.errors import Invalid
+from berth.framework.logship import Shipper
 from berth.framework.taskinfo import Payload
 
 log = logging.getLogger(__name__)
@@ -96,6 +101,7 @@ TERMINAL = frozenset({FINISHED, FAILED, KILLED, ERROR})
 MIB = 1024 * 1024
 SHUTDOWN_MARGIN = 2.0  # of the agent's shutdown grace, kept for removing and reporting
 LOG_DRAIN_TIMEOUT = 5.0  # after the container ends, for its last output to reach the sandbox
+LOG_SHIP_FLUSH = 3.0  # of that, for the last lines to reach berth logd (if it answers)
 SEND_TIMEOUT = 30.0  # for the status-updates thread to hand one update to the agent
 DELIVERY_TIMEOUT = 15 * 60.0  # Mesos's default agent recovery timeout
 WAIT_RETRIES = 60  # Docker failing to report a container's end, each after a pause ≤ 5 s
@@ -219,6 +225,8 @@ def _check_payload(p: Payload) -> None:
         fail("env must map strings to strings")
     if not is_int(p.port):
         fail(f"port {p.port!r} is not an integer")
+    if not is_int(p.container_port):
+        fail(f"container_port {p.container_port!r} is not an integer")
     if not is_int(p.memory_mb) or p.memory_mb < 1:
         fail(f"memory_mb {p.memory_mb!r} is not a positive integer")
     if not is_number(p.cpus):
@@ -229,6 +237,8 @@ def _check_payload(p: Payload) -> None:
         fail(f"grace_seconds {p.grace_seconds!r} is not a number ≥ 0")
     if p.health.kind not in KINDS or not isinstance(p.health.path, str):
         fail(f"health check {p.health.kind!r} is not one of {', '.join(KINDS)}")
+    if not is_number(p.health.startup) or p.health.startup <= 0:
+        fail(f"health check startup {p.health.startup!r} is not a number > 0")
     for name in ("app", "process", "instance"):
         if not isinstance(getattr(p, name), str):
             fail(f"{name} must be a string")
@@ -262,6 +272,7 @@ def plan_task(
         command=payload.command,
         env=dict(payload.env),
         port=payload.port,
+        container_port=payload.container_port or None,
         labels=labels,
         memory_bytes=payload.memory_mb * MIB,
         cpus=float(payload.cpus),
@@ -422,6 +433,7 @@ class _Task:
         self.adopted = False
         self.kill_grace: float | None = None  # set when a kill began
         self.shut_down = False  # the kill came from the executor's shutdown
+        self.never_healthy: str | None = None  # why the task was stopped before its first pass
         self.stop_health = threading.Event()
         self.done = threading.Event()  # terminal update handed over, container removed
 
@@ -604,9 +616,10 @@ class BerthExecutor(Executor):
             "health",
             HealthWatch(
                 task.plan.probe,
-                self._settings.health_policy,
+                replace(self._settings.health_policy, startup=task.plan.payload.health.startup),
                 lambda healthy, detail: self._health_changed(driver, task, healthy, detail),
                 task.stop_health,
+                on_never=lambda detail: self._never_healthy(task, detail),
             ).run,
         )
         ended = self._wait(container_id)
@@ -621,6 +634,8 @@ class BerthExecutor(Executor):
             "exit_code": None if ended is None else ended.code,
             "oom": False if ended is None else ended.oom_killed,
         }
+        if task.never_healthy is not None:
+            data["never_healthy"] = True
         log.info(
             "container ended: %s",
             message,
@@ -676,6 +691,8 @@ class BerthExecutor(Executor):
             why = "killed: the executor was shut down" if shut_down else "killed on request"
             code = "the container is gone" if ended is None else f"exit code {ended.code}"
             return KILLED, f"{why} ({code})", None
+        if task.never_healthy is not None:
+            return FAILED, task.never_healthy, "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED"
         if ended is None:
             return FAILED, "the container disappeared", "REASON_COMMAND_EXECUTOR_FAILED"
         if ended.oom_killed:
@@ -718,6 +735,18 @@ class BerthExecutor(Executor):
                     data=data,
                 ),
             )
+
+    def _never_healthy(self, task: _Task, detail: str) -> None:
+        """The "health" thread gave up: no check passed in time. The task is stopped and ends
+        as TASK_FAILED saying so (a kill that began meanwhile takes precedence)."""
+        with task.lock:
+            if task.state != STARTING or task.kill_grace is not None:
+                return
+            task.never_healthy = detail
+            container_id = task.container_id
+        log.warning("stopping a task that never became healthy", extra={"task_id": task.id})
+        if container_id is not None:
+            self._spawn("kill", self._stop_container, container_id, task.plan.grace_seconds)
 
     def _kill(self, driver: ExecutorDriver, task: _Task, grace: float, shut_down: bool) -> None:
         """TASK_KILLING, then SIGTERM and SIGKILL after `grace` seconds. A second kill only
@@ -774,24 +803,52 @@ class BerthExecutor(Executor):
             self._remove(info.id)
 
     def _pump(self, container_id: str) -> None:
-        """The "logs" thread: the container's output, line by line, into the sandbox."""
+        """The "logs" thread: the container's output, line by line, into the sandbox and, when
+        the payload names berth logd, to logd (framework/logship.py: batched, never blocking
+        this thread; what cannot be shipped is counted and reported to logd later)."""
         sandbox = self._agent.sandbox
+        shipper = self._shipper()
         if not sandbox:
-            log.warning("no MESOS_SANDBOX: the container's output is not kept")
-            return
+            log.warning("no MESOS_SANDBOX: the container's output is not kept in a sandbox")
+            if shipper is None:
+                return
         files: dict[Stream, SandboxFile] = {}
         try:
             streams: tuple[Stream, ...] = ("stdout", "stderr")
             for name in streams:
-                files[name] = SandboxFile(Path(sandbox) / name, self._settings.log_max_bytes)
+                if sandbox:
+                    files[name] = SandboxFile(Path(sandbox) / name, self._settings.log_max_bytes)
             for stream, line in self._containers.logs(container_id):
-                files[stream].write(line)
+                if files:
+                    files[stream].write(line)
+                if shipper is not None:
+                    shipper.put(stream, line)
         except (ContainerError, OSError) as e:
             message = e.message if isinstance(e, ContainerError) else str(e)
             log.warning("copying the container's output stopped: %s", message)
         finally:
             for file in files.values():
                 file.close()
+            if shipper is not None:
+                shipper.close(LOG_SHIP_FLUSH)
+
+    def _shipper(self) -> Shipper | None:
+        """A started Shipper to the logd the payload names, or None (no logd given)."""
+        task = self._task
+        payload = task.plan.payload if task is not None else None
+        if payload is None or not payload.logs_url or not payload.logs_token:
+            return None
+        process = f"{payload.process}.{payload.index}"
+        try:
+            shipper = Shipper(
+                payload.logs_url,
+                payload.logs_token,
+                identity=(payload.app, process, payload.release),
+            )
+        except (ValueError, TypeError, AttributeError) as e:  # a broken payload
+            log.warning("not shipping logs: %s", e)
+            return None
+        return shipper.start()
 
     # -- reporting ------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from berth.framework import jsonlog, mesos_master
+from berth.framework import jsonlog, logship, mesos_master
 from berth.framework.leader import Leadership
 from berth.framework.local import LocalAgent, LocalSchedulerDriver
 from berth.framework.mesos import MesosSchedulerDriver
@@ -67,6 +67,7 @@ def lead(
     store: Store,
     fence: threading.Event,
     drain_seconds: float = 3.0,
+    deploy_attempts: int = 3,
 ) -> None:
     """One term as leader: subscribe, schedule until fenced, leave the framework to fail over."""
     events = Events()
@@ -78,14 +79,20 @@ def lead(
         driver = LocalSchedulerDriver(events, info, agent, ports=ports)
     else:
         driver = MesosSchedulerDriver(events, info, lambda: mesos_master.resolve(master))
-    options = Options(instance=store.instance_id(), drain_seconds=drain_seconds)
+    options = Options(
+        instance=store.instance_id(),
+        drain_seconds=drain_seconds,
+        deploy_attempts=deploy_attempts,
+    )
     if agent is not None:
         agent.start()
+    logs = logship.LogLink(settings.logs_url, logship.load_or_create_key(settings.data_dir)).start()
     driver.start()
     try:
-        Scheduler(store, events, driver, options).run(fence)
+        Scheduler(store, events, driver, options, logs=logs).run(fence)
     finally:
         driver.stop(failover=True)
+        logs.close()
         if agent is not None:
             agent.stop()  # executors keep running: a restarted Berth adopts them
 
@@ -115,7 +122,21 @@ def parse_ports(value: str) -> tuple[int, int]:
     show_default=True,
     help="Seconds a web task is out of the router before it is killed (in-flight requests end)",
 )
-def command(settings: Settings, master: str, local_ports: str, drain_seconds: float) -> None:
+@click.option(
+    "--deploy-attempts",
+    envvar="BERTH_DEPLOY_ATTEMPTS",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
+    help="Failed starts (never healthy) after which a new release is rolled back",
+)
+def command(
+    settings: Settings,
+    master: str,
+    local_ports: str,
+    drain_seconds: float,
+    deploy_attempts: int,
+) -> None:
     """Run the Mesos framework (scheduler) alone (`berth server` runs it for you)."""
     jsonlog.setup("framework")
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -133,7 +154,10 @@ def command(settings: Settings, master: str, local_ports: str, drain_seconds: fl
     try:
         ports = parse_ports(local_ports)
         kept = leadership.run(
-            lambda fence: lead(settings, master, ports, store, fence, drain_seconds), stop
+            lambda fence: lead(
+                settings, master, ports, store, fence, drain_seconds, deploy_attempts
+            ),
+            stop,
         )
     finally:
         store.stop()

@@ -1,5 +1,5 @@
-"""Berth's nouns as frozen values: App, Artifact, Release, Formation, Token, Domain — with
-validation and explicit JSON.
+"""Berth's nouns as frozen values: App, Artifact, Release, Formation, Token, Domain,
+TcpRoute, Build — with validation and explicit JSON.
 
 Pure: no I/O, no threads. Config values live here in plain text only in memory; state.py seals
 them before they reach ZooKeeper. Validation messages name keys and sizes, never values.
@@ -265,28 +265,56 @@ class App:
     name: str
     created_at: str
     release: int  # the newest release's version; 0 only while the app is being created
+    # How the router treats the app (`routing:set`, framework/routing.py): seconds to wait for
+    # the first byte of an answer before a 504 (None: the router's default), and whether plain
+    # HTTP requests are redirected to HTTPS.
+    timeout: int | None = None
+    https_only: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "created_at": self.created_at, "release": self.release}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "created_at": self.created_at,
+            "release": self.release,
+        }
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
+        if self.https_only:
+            out["https_only"] = True
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> App:
-        return cls(name=data["name"], created_at=data["created_at"], release=int(data["release"]))
+        timeout = data.get("timeout")
+        return cls(
+            name=data["name"],
+            created_at=data["created_at"],
+            release=int(data["release"]),
+            timeout=None if timeout is None else int(timeout),
+            https_only=bool(data.get("https_only", False)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Artifact:
-    """What a release runs: a Docker image reference (or, later, a slug). Empty until a build."""
+    """What a release runs: a Docker image reference (or, later, a slug). Empty until a build.
+    `port`: the port the image's web process listens on inside its container (a Dockerfile's
+    EXPOSE); None: it listens on $PORT, whatever number that is."""
 
     kind: str
     ref: str
+    port: int | None = None
 
-    def to_json(self) -> dict[str, str]:
-        return {"kind": self.kind, "ref": self.ref}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "ref": self.ref}
+        if self.port is not None:
+            out["port"] = self.port
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Artifact:
-        return cls(kind=data["kind"], ref=data["ref"])
+        port = data.get("port")
+        return cls(kind=data["kind"], ref=data["ref"], port=None if port is None else int(port))
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,3 +440,153 @@ class Domain:
             "app": self.app,
             "created_at": self.created_at,
         }
+
+
+# A TCP route exposes one process type of an app on a port of every router (Flynn's
+# `route add tcp`). A port belongs to at most one route in the whole Berth; below 1024 are the
+# privileged ports (the router's own HTTP/HTTPS ports among them).
+MIN_ROUTE_PORT, MAX_ROUTE_PORT = 1024, 65535
+MAX_ROUTES_PER_APP = 100
+PROXY_PROTOCOLS = ("v1", "v2")
+
+
+def validate_route_port(port: object) -> int:
+    """A router port for a TCP route: a whole number from MIN_ROUTE_PORT to MAX_ROUTE_PORT
+    (a string of digits, as in a URL path, is taken too)."""
+    if isinstance(port, str) and port.isascii() and port.isdigit() and len(port) <= 5:
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise Invalid(f"port must be a whole number from {MIN_ROUTE_PORT} to {MAX_ROUTE_PORT}")
+    if not MIN_ROUTE_PORT <= port <= MAX_ROUTE_PORT:
+        raise Invalid(
+            f"port {port} is out of range: TCP routes take ports {MIN_ROUTE_PORT} to"
+            f" {MAX_ROUTE_PORT} (lower ones are privileged, the router's HTTP ports among them)"
+        )
+    return port
+
+
+def validate_process_type(ptype: object, process_types: Mapping[str, str]) -> str:
+    """A process type name; one the current release declares, once it declares any."""
+    if not isinstance(ptype, str) or not PROCESS_TYPE.fullmatch(ptype):
+        shown = ptype[:40] if isinstance(ptype, str) else ptype
+        raise Invalid(
+            f"invalid process type {shown!r}: use lowercase letters, digits, '-' and '_',"
+            " starting with a letter, at most 30 characters"
+        )
+    if process_types and ptype not in process_types:
+        known = ", ".join(sorted(process_types))
+        raise Invalid(f"no process type {ptype!r} in the current release (it has: {known})")
+    return ptype
+
+
+def validate_proxy_protocol(value: object) -> str | None:
+    """None (no PROXY header to the backend), "v1" (text) or "v2" (binary)."""
+    if value is None or value == "":
+        return None
+    if value not in PROXY_PROTOCOLS:
+        raise Invalid(
+            f"proxy_protocol must be v1 or v2 (or null for none), not {str(value)[:20]!r}"
+        )
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpRoute:
+    """Connections to `port` on the routers go to the app's `process` tasks; with
+    `proxy_protocol`, each starts with a PROXY protocol header naming the client."""
+
+    port: int
+    app: str
+    process: str
+    proxy_protocol: str | None  # None, "v1" or "v2"
+    created_at: str
+
+    @property
+    def id(self) -> str:
+        return f"tcp:{self.port}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "tcp",
+            "port": self.port,
+            "app": self.app,
+            "process": self.process,
+            "proxy_protocol": self.proxy_protocol,
+            "created_at": self.created_at,
+        }
+
+
+BUILD_STATES = ("building", "succeeded", "failed")
+MAX_BUILD_LOG_BYTES = 256 * 1024  # the tail of a build's log kept in its znode
+
+
+def clip_log(text: str, limit: int = MAX_BUILD_LOG_BYTES) -> str:
+    """The log's last `limit` bytes (whole lines), with a note saying how much was cut."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    tail = data[-limit:]
+    tail = tail[tail.find(b"\n") + 1 :] if b"\n" in tail else tail
+    cut = len(data) - len(tail)
+    return f"[… {cut} bytes of the log's beginning not kept …]\n" + tail.decode(errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    """One `git push` turned into an image: what was built, by which builder, how it went.
+    `release` is the release it made (None until then, or when it failed)."""
+
+    id: str
+    app: str
+    commit: str  # 40 hex
+    builder: str  # "dockerfile" (buildpacks later)
+    status: str  # BUILD_STATES
+    created_by: str
+    started_at: str
+    finished_at: str | None = None
+    duration: float | None = None  # seconds
+    release: int | None = None
+    image: str = ""
+    error: str = ""
+    log: str = ""
+
+    def summary_json(self) -> dict[str, Any]:
+        """Everything but the log: for listings."""
+        return {
+            "id": self.id,
+            "app": self.app,
+            "commit": self.commit,
+            "builder": self.builder,
+            "status": self.status,
+            "created_by": self.created_by,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration": self.duration,
+            "release": self.release,
+            "image": self.image,
+            "error": self.error,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.summary_json(), "log": self.log}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Build:
+        duration = data.get("duration")
+        release = data.get("release")
+        return cls(
+            id=data["id"],
+            app=data["app"],
+            commit=data["commit"],
+            builder=data["builder"],
+            status=data["status"],
+            created_by=data["created_by"],
+            started_at=data["started_at"],
+            finished_at=data.get("finished_at"),
+            duration=None if duration is None else float(duration),
+            release=None if release is None else int(release),
+            image=data.get("image", ""),
+            error=data.get("error", ""),
+            log=data.get("log", ""),
+        )

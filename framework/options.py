@@ -14,6 +14,7 @@ from berth.framework.errors import BerthError
 from berth.framework.settings import (
     DEFAULT_API_ADDR,
     DEFAULT_DOMAIN,
+    DEFAULT_LOGS_ADDR,
     DEFAULT_ZK,
     Settings,
     make_settings,
@@ -23,7 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def settings_options(fn: F) -> F:
-    """Adds --data-dir, --zk, --api-addr, --domain and passes `settings=` instead."""
+    """Adds --data-dir, --zk, --api-addr, --domain, --logs-addr and passes `settings=`."""
 
     @click.option(
         "--data-dir",
@@ -52,10 +53,19 @@ def settings_options(fn: F) -> F:
         show_default=True,
         help="Apps are reached at APP.<domain>",
     )
+    @click.option(
+        "--logs-addr",
+        envvar="BERTH_LOGS_ADDR",
+        default=DEFAULT_LOGS_ADDR,
+        show_default=True,
+        help="[HOST]:PORT of berth logd (it listens there; executors ship logs to it)",
+    )
     @wraps(fn)
-    def wrapper(data_dir: Path | None, zk: str, api_addr: str, domain: str, **kwargs: Any) -> Any:
+    def wrapper(
+        data_dir: Path | None, zk: str, api_addr: str, domain: str, logs_addr: str, **kwargs: Any
+    ) -> Any:
         try:
-            settings = make_settings(data_dir, zk, api_addr, domain)
+            settings = make_settings(data_dir, zk, api_addr, domain, logs_addr)
         except BerthError as exc:
             raise click.UsageError(exc.message) from None
         return fn(settings=settings, **kwargs)
@@ -67,11 +77,13 @@ def settings_args(settings: Settings) -> list[str]:
     """The flags that hand these settings to a child process."""
     host = settings.api_host
     host = f"[{host}]" if ":" in host else host
+    logs_host = f"[{settings.logs_host}]" if ":" in settings.logs_host else settings.logs_host
     return [
         f"--data-dir={settings.data_dir}",
         f"--zk={settings.zk}",
         f"--api-addr={host}:{settings.api_port}",
         f"--domain={settings.domain}",
+        f"--logs-addr={logs_host}:{settings.logs_port}",
     ]
 
 

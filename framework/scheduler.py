@@ -14,6 +14,11 @@ Rules beyond plan.py:
   know is killed;
 - FAILED, or FINISHED of a formation process, is a crash: the slot backs off (plan.py);
   LOST/GONE/DROPPED/ERROR/UNREACHABLE are replaced at once;
+- a task launched with its process type's health check (checks.py); a release whose tasks
+  end `deploy_attempts` times without ever having been healthy (crashed at boot, or no check
+  passed within its startup time) while an older release still serves is rolled back: a new
+  release copying the serving one, its description saying why; the failed one never took
+  traffic, since the router only routes to healthy tasks;
 - apps are planned only from a complete, successful read of the desired state: a ZooKeeper
   hiccup never looks like "every app was deleted".
 Must not import berth.api, berth.cli or berth.executor.
@@ -33,8 +38,10 @@ from typing import Any
 
 from addict import Dict
 
-from berth.framework import mesos
-from berth.framework.errors import BerthError
+from berth.framework import checks, mesos
+from berth.framework.errors import BerthError, Conflict
+from berth.framework.loglines import AppState, crash_text, state_changes
+from berth.framework.logship import LogLink
 from berth.framework.model import (
     DEFAULT_CPUS,
     DEFAULT_MEMORY_MB,
@@ -65,6 +72,7 @@ STATES = {
     "TASK_UNREACHABLE": "unreachable",
 }
 CRASHES = frozenset({"failed", "finished"})
+MAX_ROLLBACK_DESCRIPTION = 300
 REVIVE_EVERY = 5.0
 
 
@@ -82,6 +90,9 @@ class Options:
     # A serving web task is taken out of the router first (state "killing" saved, the router
     # drains it) and killed this many seconds later, so requests in flight finish.
     drain_seconds: float = 3.0
+    # A release whose tasks fail this many starts (never healthy) is rolled back, if an older
+    # release is serving.
+    deploy_attempts: int = 3
 
 
 class Events(mesos.Scheduler):
@@ -144,12 +155,15 @@ class Scheduler:
         driver: mesos.SchedulerDriver,
         options: Options,
         clock: Callable[[], float] = time.time,
+        logs: LogLink | None = None,
     ) -> None:
         self._store = store
         self._events = events
         self._driver = driver
         self._options = options
         self._clock = clock
+        self._logs = logs  # berth logd: executors' log tokens, platform events
+        self._announced: dict[str, AppState] | None = None  # releases, formations told to logd
         self._tasks: dict[str, Task] = {}
         self._backoffs: dict[tuple[str, str, int], Backoff] = {}
         self._offers: dict[str, Offer] = {}
@@ -167,6 +181,8 @@ class Scheduler:
         self._retry_at = 0.0
         self._retry_delay = 0.0
         self._draining: dict[str, float] = {}  # task id → when to send its KILL
+        self._failed_starts: dict[tuple[str, int], int] = {}  # (app, release) → count
+        self._routed: dict[str, set[str]] = {}  # app → process types TCP routes point at
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -278,6 +294,12 @@ class Scheduler:
             )
             self._backoffs[slot] = backoff
             updated = replace(updated, message=_crash_message(updated, data, backoff, now))
+            if self._logs is not None:
+                what = crash_text(state, data.get("exit_code"), bool(data.get("oom")))
+                restart = updated.message.rpartition("; ")[2]
+                self._logs.event(task.app, f"{task.process}.{task.index}", f"{what}; {restart}")
+            if not task.started_at:  # it never passed its health check
+                self._failed_start(updated, str(status.message or ""))
         self._tasks[task_id] = updated
         self._store.put_task(updated)  # saved before acknowledged
         self._driver.acknowledgeStatusUpdate(status)
@@ -300,6 +322,7 @@ class Scheduler:
             self._reconcile_unanswered()
         if self._desired is None or now - self._desired_at > self._options.desired_every:
             self._desired = self._read_desired()
+            self._announce(self._desired)
             self._desired_at = now
         self._forget_ended(now)
         if not self._registered:
@@ -328,7 +351,25 @@ class Scheduler:
             }
             restarts = self._store.get_restarts(app.name)
             desired.append(Desired(app.name, release.version, formation, needs, restarts))
+        routed: dict[str, set[str]] = {}
+        for route in self._store.all_tcp_routes():
+            routed.setdefault(route.app, set()).add(route.process)
+        self._routed = routed
         return desired
+
+    def _announce(self, desired: list[Desired]) -> None:
+        """Platform log lines for new releases and formation changes (loglines.py)."""
+        if self._logs is None:
+            return
+        now = {
+            d.app: AppState(
+                d.release, self._release(d.app, d.release).description, dict(d.formation)
+            )
+            for d in desired
+        }
+        for app, text in state_changes(self._announced, now):
+            self._logs.event(app, "", text)
+        self._announced = now
 
     def _honour_stops(self, now: float) -> None:
         """`ps:stop` requests: kill the task (the plan replaces it), drop the request."""
@@ -346,8 +387,15 @@ class Scheduler:
 
     def _act(self, decided: Plan, now: float) -> None:
         by_offer: dict[str, list[dict[str, Any]]] = {}
+        stored_checks = {a: self._store.get_checks(a) for a in {x.app for x in decided.launches}}
         for launch in decided.launches:
+            routed = self._routed.get(launch.app, set())
+            check = checks.effective(stored_checks[launch.app], launch.process, routed)
             release = self._release(launch.app, launch.release)
+            # an image's EXPOSEd port is where its web process listens inside its container
+            inside = (release.artifact.port or 0) if release.artifact else 0
+            if launch.process != "web":
+                inside = 0
             assert release.artifact is not None
             command = release.process_types.get(launch.process) or ""
             payload = Payload(
@@ -363,15 +411,21 @@ class Scheduler:
                     launch.process,
                     launch.index,
                     launch.release,
-                    launch.port,
+                    inside or launch.port,
                 ),
                 port=launch.port,
+                container_port=inside,
                 memory_mb=int(launch.resources.mem),
                 cpus=launch.resources.cpus,
                 instance=self._options.instance,
                 grace_seconds=self._options.grace_seconds,
-                health=HealthCheck("tcp" if launch.process == "web" else "none"),
+                health=HealthCheck(check.type, check.path, float(check.startup)),
             )
+            if self._logs is not None:  # the executor ships the output to berth logd
+                token = self._logs.task_token(
+                    launch.app, f"{launch.process}.{launch.index}", launch.release
+                )
+                payload = replace(payload, logs_url=self._logs.url, logs_token=token)
             info = build_task_info(
                 launch,
                 self._framework_id,
@@ -422,7 +476,8 @@ class Scheduler:
         `drain_seconds` later, from `_send_drained_kills`."""
         killing = replace(task, state="killing", updated_at=now)
         self._tasks[task.id] = killing
-        if task.process == "web" and task.serving and self._options.drain_seconds > 0:
+        routed = task.process == "web" or task.process in self._routed.get(task.app, set())
+        if routed and task.serving and self._options.drain_seconds > 0:
             self._store.put_task(replace(killing, message="draining"))
             self._draining[task.id] = now + self._options.drain_seconds
             log.info("draining task %s before the kill", task.id, extra={"task": task.id})
@@ -437,6 +492,51 @@ class Scheduler:
             task = self._tasks.get(task_id)
             if task is not None and task.live:
                 self._driver.killTask(task_id, task.agent_id or None, self._options.grace_seconds)
+
+    def _failed_start(self, task: Task, why: str) -> None:
+        """Count a task of `task.release` that ended before it was ever healthy; at
+        `deploy_attempts` roll back to the newest older release still serving, if any."""
+        key = (task.app, task.release)
+        count = self._failed_starts.get(key, 0) + 1
+        self._failed_starts = {
+            k: v for k, v in self._failed_starts.items() if k[0] != task.app or k[1] >= key[1]
+        }
+        self._failed_starts[key] = count
+        if count < self._options.deploy_attempts:
+            return
+        serving = [
+            t.release
+            for t in self._tasks.values()
+            if t.app == task.app and t.release < task.release and t.serving
+        ]
+        extra = {"app": task.app, "release": task.release, "attempts": count}
+        if not serving:
+            if count == self._options.deploy_attempts:
+                log.warning("a release keeps failing to start; none older is serving", extra=extra)
+            return
+        target = max(serving)
+        description = (
+            f"Rollback to v{target}: v{task.release} failed to start {count} times"
+            f" ({task.process}.{task.index}: {why or task.message})"
+        )
+        if len(description) > MAX_ROLLBACK_DESCRIPTION:
+            description = description[: MAX_ROLLBACK_DESCRIPTION - 1] + "…"
+        try:
+            release = self._store.rollback(
+                task.app,
+                target,
+                "berth",
+                description=description,
+                only_if_newest=task.release,
+            )
+        except Conflict as e:  # deployed again meanwhile: that release gets its own chance
+            log.info("no rollback: %s", e.message, extra=extra)
+        else:
+            log.warning(
+                "release rolled back: %s", description, extra={**extra, "to": release.version}
+            )
+        del self._failed_starts[key]
+        self._desired = None  # plan from the new release now
 
     def _lost(self, task_id: str, message: str) -> None:
         task = replace(self._tasks[task_id], state="lost", message=message)
@@ -467,7 +567,9 @@ def _status_data(status: Dict) -> dict[str, Any]:
 
 
 def _crash_message(task: Task, data: dict[str, Any], backoff: Backoff, now: float) -> str:
-    if data.get("oom"):
+    if data.get("never_healthy"):
+        what = f"never became healthy: {task.message}"
+    elif data.get("oom"):
         what = "crashed: out of memory"
     elif task.state == "finished":
         what = "exited (code 0)"

@@ -14,6 +14,7 @@ from berth.framework.errors import Invalid
 DEFAULT_ZK = "127.0.0.1:2181/berth"
 DEFAULT_API_ADDR = ":7070"
 DEFAULT_DOMAIN = "localhost"
+DEFAULT_LOGS_ADDR = "127.0.0.1:7071"  # berth logd (loopback: set a reachable address in a cluster)
 
 
 def default_data_dir() -> Path:
@@ -30,6 +31,8 @@ class Settings:
     api_host: str
     api_port: int
     domain: str
+    logs_host: str = "127.0.0.1"
+    logs_port: int = 7071
 
     @property
     def zk(self) -> str:
@@ -41,6 +44,14 @@ class Settings:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.api_port}"
+
+    @property
+    def logs_url(self) -> str:
+        """Where executors, the framework and the API reach `berth logd`."""
+        host = self.logs_host if self.logs_host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.logs_port}"
 
 
 def parse_zk(value: str) -> tuple[str, str]:
@@ -64,9 +75,16 @@ def parse_addr(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def make_settings(data_dir: Path | None, zk: str, api_addr: str, domain: str) -> Settings:
+def make_settings(
+    data_dir: Path | None,
+    zk: str,
+    api_addr: str,
+    domain: str,
+    logs_addr: str = DEFAULT_LOGS_ADDR,
+) -> Settings:
     hosts, chroot = parse_zk(zk)
     host, port = parse_addr(api_addr)
+    logs_host, logs_port = parse_addr(logs_addr)
     return Settings(
         data_dir=data_dir or default_data_dir(),
         zk_hosts=hosts,
@@ -74,4 +92,6 @@ def make_settings(data_dir: Path | None, zk: str, api_addr: str, domain: str) ->
         api_host=host,
         api_port=port,
         domain=domain.strip(".").lower(),
+        logs_host=logs_host,
+        logs_port=logs_port,
     )

@@ -7,10 +7,14 @@ The znode tree, under the chroot given by `--zk HOSTS/chroot` (default `/berth`)
     /bootstrap                     created once, with the first admin token, in one transaction
     /tokens                        data: empty; its data version serialises token changes
     /tokens/<id>                   {"id", "digest" (SHA-256 of the token), "description", …}
-    /apps/<name>                   {"name", "created_at", "release": N}: N is the newest release
+    /apps/<name>                   {"name", "created_at", "release": N, ["timeout": S],
+                                   ["https_only": true]}: N is the newest release; the
+                                   router settings (routing.py) live here, read by the router
     /apps/<name>/formation         {"web": 1, …}: process type → quantity
     /apps/<name>/limits            {"web": {"memory_mb": 512, "cpus": 1.0}, …}
     /apps/<name>/restarts          {"web": <epoch>, …}: tasks launched before are replaced
+    /apps/<name>/checks            {"web": {"type": "http", "path": "/up", "startup": 60}}:
+                                   health checks per process type (checks.py)
     /apps/<name>/domains           data: empty; its data version serialises the app's domain
                                    changes (created with the app's first custom domain)
     /apps/<name>/domains/<domain>  empty: the app's custom domains, an index of /domains
@@ -18,15 +22,38 @@ The znode tree, under the chroot given by `--zk HOSTS/chroot` (default `/berth`)
                                    to (`www.example.com`, `*.example.com`); one znode per
                                    domain, so a domain belongs to at most one app. The router
                                    reads these.
+    /apps/<name>/tcp_routes        data: empty; its data version serialises the app's TCP
+                                   route changes (created with the app's first TCP route)
+    /apps/<name>/tcp_routes/<port> empty: the app's TCP routes, an index of /tcp_routes
+    /tcp_routes/<port>             {"app", "process", "proxy_protocol", "created_at", "op"}:
+                                   one per router port, so a port belongs to at most one
+                                   route in the whole Berth. The router reads these.
+    /apps/<name>/drains            {"drains": [{"id", "url", "created_at"}, …]}: the app's log
+                                   drains (drainurl.py), at most 10, changed by CAS; created
+                                   with the first one. `berth logd` watches these.
     /stops/<task id>               a request (`ps:stop`) for the leader to kill that task
     /framework/id                  {"id": …}: the Mesos FrameworkInfo id, kept across failovers
     /framework/election/…          leader election (leader.py)
     /tasks/<task id>               one znode per task the framework launched: model.Task's JSON;
                                    ids start with "<app>." so an app's tasks are found by prefix
+    /apps/<name>/builds/<id>       one per `git push` build (model.Build): commit, builder, status,
+                                   times, the release it made, the log's tail (≤ 256 KiB); ids
+                                   are 8 hex of the start time + 4 random hex, so names sort by
+                                   age; the newest 50 are kept
     /apps/<name>/releases/<N>      one immutable znode per release, N zero-padded to 10 digits:
                                    {"version", "description", "created_by", "created_at",
                                     "artifact", "process_types", "config": "v1:<key id>:<sealed>",
                                     "op": <id of the write that made it>}
+    /certs/<name>                  {"app", "hostnames", "issuer", "not_after", "fingerprint",
+                                    "source": "manual"|"acme", "created_at", "cert": PEM chain,
+                                    "key": "v1:<key id>:<sealed>"}: a TLS certificate, named by
+                                   its first hostname; the key sealed like config (bound to
+                                   `cert:<app>/<name>`). The router serves it for the names it
+                                   lists that still route to the app.
+    /acme/account                  {"directory", "uri", "key": sealed}: the ACME account
+    /acme/challenges/<token>       {"key_authorization", "domain", "created_at"}: a pending
+                                   HTTP-01 answer; every router serves it
+    /locks/acme/…                  one ACME issuer at a time (a kazoo lock)
 
 One small znode per app, per release, per token: never one big blob. Config lives only inside
 releases, sealed by sealing.py with the app and release as associated data; the current config
@@ -40,7 +67,8 @@ unknown: after reconnecting, the release znode's `op` says whether this write la
 write is never applied twice nor reported failed when it succeeded. A custom domain is added
 or removed in one transaction: its /domains znode, its index entry under the app, and a CAS on
 the index's data version (which also caps an app's domains exactly); destroying an app deletes
-its domains in the same transaction as the app. Requests made while
+its domains in the same transaction as the app. TCP routes work the same way (their
+/tcp_routes znode, the app's index, a CAS on the index). Requests made while
 ZooKeeper is unreachable wait a few seconds for it, then fail with Unavailable (503); kazoo
 reconnects (new session if the old one expired) in the background.
 
@@ -52,6 +80,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -66,6 +95,7 @@ from kazoo.exceptions import (
     BadVersionError,
     ConnectionClosedError,
     ConnectionLoss,
+    LockTimeout,
     NodeExistsError,
     NoNodeError,
     NotEmptyError,
@@ -74,14 +104,26 @@ from kazoo.exceptions import (
 )
 from kazoo.protocol.states import KazooState
 
+from berth.framework.certs import Certificate
+from berth.framework.checks import validate_checks
+from berth.framework.drainurl import (
+    DRAIN_ID,
+    MAX_DRAINS_PER_APP,
+    Drain,
+    drain_id,
+    parse_url,
+)
 from berth.framework.errors import BerthError, Conflict, Invalid, NotFound, Unavailable
 from berth.framework.model import (
     MAX_DOMAINS_PER_APP,
+    MAX_ROUTES_PER_APP,
     App,
     Artifact,
+    Build,
     Domain,
     Release,
     Task,
+    TcpRoute,
     Token,
     apply_config_changes,
     describe_config_changes,
@@ -89,7 +131,11 @@ from berth.framework.model import (
     validate_domain,
     validate_formation_changes,
     validate_limits,
+    validate_process_type,
+    validate_proxy_protocol,
+    validate_route_port,
 )
+from berth.framework.routing import validate_routing
 from berth.framework.sealing import Sealer
 
 log = logging.getLogger(__name__)
@@ -97,6 +143,8 @@ log = logging.getLogger(__name__)
 SCHEMA = 1
 _CAS_ATTEMPTS = 50
 _RELEASE_CACHE_SIZE = 512
+MAX_BUILDS_PER_APP = 50
+BUILD_ID = re.compile(r"^[0-9a-f]{12}$")
 Op = tuple[Any, ...]
 
 
@@ -137,12 +185,14 @@ class Store:
     def __init__(
         self, hosts: str, chroot: str, sealer: Sealer | None, timeout: float = 5.0
     ) -> None:
-        """`sealer` None: a process that never reads or writes config (the router)."""
+        """`sealer` None: a process that never reads or writes config or certificate keys
+        (the router without HTTPS)."""
         self._hosts = hosts
         self._chroot = chroot
         self._sealer = sealer
         self._timeout = timeout
         self._connected = threading.Event()
+        self._on_connected: list[Callable[[], None]] = []
         self._zk = KazooClient(
             hosts=f"{hosts}{chroot}",
             timeout=10.0,
@@ -177,7 +227,15 @@ class Store:
             self._zk.stop()
             raise Unavailable(f"ZooKeeper at {self._hosts} did not answer in {wait:.0f}s") from None
         with self._mapped("set up the znode tree"):
-            for path in ("/apps", "/tokens", "/tasks", "/framework", "/stops", "/domains"):
+            for path in (
+                "/apps",
+                "/tokens",
+                "/tasks",
+                "/framework",
+                "/stops",
+                "/domains",
+                "/tcp_routes",
+            ):
                 self._zk.ensure_path(path)
             if self._zk.exists("/meta") is None:
                 with suppress(NodeExistsError):
@@ -201,10 +259,18 @@ class Store:
         # Runs on kazoo's thread: record, never block.
         if state == KazooState.CONNECTED:
             self._connected.set()
+            for signal_it in self._on_connected:
+                signal_it()
         else:
             self._connected.clear()
         self._tokens_changed()
         log.info("zookeeper connection %s", state.lower(), extra={"zk_state": state})
+
+    def when_connected(self, signal_it: Callable[[], None]) -> None:
+        """Call `signal_it` (on kazoo's thread: it must only signal) each time the connection
+        is (re)established: watches may have been lost with an expired session, so whoever
+        relies on them reads again."""
+        self._on_connected.append(signal_it)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -284,14 +350,16 @@ class Store:
                 raise NotFound(f"no app named {name}") from None
         return App.from_json(data), stat
 
-    def list_apps(self, watch: Watcher | None = None) -> list[App]:
+    def list_apps(self, watch: Watcher | None = None, *, watch_each: bool = False) -> list[App]:
         """Every app. With `watch`, it is called once (on kazoo's thread: it must only signal)
-        when the list of apps next changes."""
+        when the list of apps next changes; with `watch_each` too, also when an app's own znode
+        changes (a release, its router settings)."""
         with self._mapped("list apps"):
             names = sorted(
                 self._zk.get_children_async("/apps", watch=watch).get(timeout=self._timeout)
             )
-            pending = [self._zk.get_async(f"/apps/{n}") for n in names]
+            each = watch if watch_each else None
+            pending = [self._zk.get_async(f"/apps/{n}", watch=each) for n in names]
             apps = []
             for result in pending:
                 try:
@@ -302,9 +370,9 @@ class Store:
         return apps
 
     def destroy_app(self, name: str) -> None:
-        """Delete the app and everything under it, its custom domains too, in one transaction,
-        or nothing. A domain added meanwhile makes the transaction fail (NotEmpty), and it is
-        retried from a fresh read."""
+        """Delete the app and everything under it, its custom domains and TCP routes too, in
+        one transaction, or nothing. A domain or route added meanwhile makes the transaction
+        fail (NotEmpty), and it is retried from a fresh read."""
         for _ in range(_CAS_ATTEMPTS):
             with self._mapped(f"destroy app {name}"):
                 try:
@@ -318,15 +386,21 @@ class Store:
                 except NoNodeError:
                     raise NotFound(f"no app named {name}") from None
                 domains = self._app_domain_names(name) if "domains" in children else []
+                ports = self._app_route_ports(name) if "tcp_routes" in children else []
                 paths = [f"/apps/{name}/releases/{r}" for r in releases]
+                if "builds" in children:
+                    paths += [f"/apps/{name}/builds/{b}" for b in self._build_ids(name)]
                 for domain in domains:
                     paths += [f"/apps/{name}/domains/{domain}", f"/domains/{domain}"]
+                for port in ports:
+                    paths += [f"/apps/{name}/tcp_routes/{port}", f"/tcp_routes/{port}"]
                 paths += [f"/apps/{name}/{c}" for c in children]
                 ops: list[Op] = [("delete", path) for path in paths]
                 ops.append(("delete", f"/apps/{name}", stat.version))
                 failure = self._failure(self._commit(ops))
             if failure is None:
                 log.info("app destroyed", extra={"app": name})
+                self._remove_app_certs(name)
                 return
             if not isinstance(failure, BadVersionError | NotEmptyError | NoNodeError):
                 raise BerthError(f"could not destroy app {name}: {type(failure).__name__}")
@@ -501,9 +575,18 @@ class Store:
 
         return self._append_release(app, make)
 
-    def rollback(self, app: str, version: int | None, created_by: str) -> Release:
+    def rollback(
+        self,
+        app: str,
+        version: int | None,
+        created_by: str,
+        *,
+        description: str | None = None,
+        only_if_newest: int | None = None,
+    ) -> Release:
         """A new release copying vN's artifact, config and process types (default: the one
-        before the newest)."""
+        before the newest). With `only_if_newest`, Conflict unless that is still the newest
+        release (the framework rolls back a failed deploy only if nobody deployed since)."""
         if version is None:
             newest = self.get_app(app).release
             if newest < 2:
@@ -512,13 +595,77 @@ class Store:
         target = self.get_release(app, version)
 
         def make(newest: Release) -> Release:
+            if only_if_newest is not None and newest.version != only_if_newest:
+                raise Conflict(f"app {app} has v{newest.version} now, not v{only_if_newest}")
             return replace(
                 target,
-                description=f"Rollback to v{target.version}",
+                description=description or f"Rollback to v{target.version}",
                 created_by=created_by,
             )
 
         return self._append_release(app, make)
+
+    # -- builds ------------------------------------------------------------------------------
+
+    def _build_ids(self, app: str) -> list[str]:
+        try:
+            ids = self._zk.get_children_async(f"/apps/{app}/builds").get(timeout=self._timeout)
+        except NoNodeError:
+            return []
+        return sorted(ids)
+
+    def put_build(self, build: Build) -> None:
+        """Create or overwrite a build's znode (one writer: the push that runs it). Creating
+        one drops the oldest beyond MAX_BUILDS_PER_APP."""
+        path = f"/apps/{build.app}/builds/{build.id}"
+        data = _dump(build.to_json())
+        with self._mapped(f"write build {build.id} of {build.app}"):
+            try:
+                self._zk.set_async(path, data).get(timeout=self._timeout)
+                return
+            except NoNodeError:
+                pass
+            try:
+                self._zk.create_async(f"/apps/{build.app}/builds", b"").get(timeout=self._timeout)
+            except NodeExistsError:
+                pass
+            except NoNodeError:
+                raise NotFound(f"no app named {build.app}") from None
+            try:
+                self._zk.create_async(path, data).get(timeout=self._timeout)
+            except NoNodeError:
+                raise NotFound(f"no app named {build.app}") from None
+            for old in self._build_ids(build.app)[:-MAX_BUILDS_PER_APP]:
+                with suppress(NoNodeError):
+                    self._zk.delete_async(f"/apps/{build.app}/builds/{old}").get(
+                        timeout=self._timeout
+                    )
+
+    def get_build(self, app: str, build_id: str) -> Build:
+        if not BUILD_ID.fullmatch(build_id):
+            raise Invalid(f"invalid build id {build_id[:40]!r}: expected 12 hex digits")
+        with self._mapped(f"read build {build_id} of {app}"):
+            try:
+                data, _ = self._get(f"/apps/{app}/builds/{build_id}")
+            except NoNodeError:
+                self.get_app(app)  # NotFound for the app itself comes first
+                raise NotFound(f"app {app} has no build {build_id}") from None
+        return Build.from_json(data)
+
+    def list_builds(self, app: str, limit: int = 15) -> list[Build]:
+        """The newest `limit` builds, newest first, without their logs."""
+        self.get_app(app)
+        with self._mapped(f"list builds of {app}"):
+            ids = self._build_ids(app)[::-1][:limit]
+            pending = [self._zk.get_async(f"/apps/{app}/builds/{i}") for i in ids]
+            builds = []
+            for result in pending:
+                try:
+                    raw, _ = result.get(timeout=self._timeout)
+                except NoNodeError:
+                    continue
+                builds.append(replace(Build.from_json(_load(raw)), log=""))
+        return builds
 
     # -- formation ---------------------------------------------------------------------------
 
@@ -633,12 +780,13 @@ class Store:
         return data, stat.version
 
     def _merge_map(self, app: str, name: str, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """CAS-merge `changes` into /apps/<app>/<name>; NotFound if the app is gone."""
+        """CAS-merge `changes` into /apps/<app>/<name> (a None value removes its key);
+        NotFound if the app is gone."""
         path = f"/apps/{app}/{name}"
         for _ in range(_CAS_ATTEMPTS):
             self.get_app(app)
             data, version = self._read_map(path, f"read {name} of {app}")
-            merged = {**data, **changes}
+            merged = {k: v for k, v in {**data, **changes}.items() if v is not None}
             with self._mapped(f"change {name} of {app}"):
                 try:
                     if version < 0:
@@ -664,6 +812,34 @@ class Store:
         current = self.get_limits(app)
         merged = {p: {**current.get(p, {}), **lim} for p, lim in checked.items()}
         return self._merge_map(app, "limits", merged)
+
+    def set_routing(self, app: str, changes: object) -> App:
+        """Change the app's router settings (routing.py): a CAS on the app's znode, which is
+        where the router reads them."""
+        checked = validate_routing(changes)
+        for _ in range(_CAS_ATTEMPTS):
+            current, stat = self._app_and_stat(app)
+            updated = replace(current, **checked)
+            with self._mapped(f"change routing of {app}"):
+                try:
+                    self._zk.set_async(
+                        f"/apps/{app}", _dump(updated.to_json()), version=stat.version
+                    ).get(timeout=self._timeout)
+                except BadVersionError:
+                    continue
+                except NoNodeError:
+                    raise NotFound(f"no app named {app}") from None
+            return updated
+        raise Conflict(f"app {app} is changing too fast; try again")
+
+    def get_checks(self, app: str) -> dict[str, Any]:
+        """What `checks:set` stored per process type (framework/checks.py reads it)."""
+        return self._read_map(f"/apps/{app}/checks", f"read checks of {app}")[0]
+
+    def set_checks(self, app: str, changes: object) -> dict[str, Any]:
+        """Validated against the newest release's process types; None resets a type."""
+        checked = validate_checks(changes, self.get_release(app).process_types)
+        return self._merge_map(app, "checks", checked)
 
     def get_restarts(self, app: str) -> dict[str, float]:
         return self._read_map(f"/apps/{app}/restarts", f"read restarts of {app}")[0]
@@ -831,6 +1007,487 @@ class Store:
                     continue
                 mapping[name] = str(_load(data)["app"])
         return mapping
+
+    # -- TCP routes --------------------------------------------------------------------------
+
+    def _app_route_ports(self, app: str) -> list[int]:
+        """The app's index of its TCP routes; empty when it never had one (or is gone)."""
+        try:
+            names: list[str] = self._zk.get_children_async(f"/apps/{app}/tcp_routes").get(
+                timeout=self._timeout
+            )
+        except NoNodeError:
+            return []
+        return sorted(int(n) for n in names if n.isdigit())
+
+    def _route_record(self, port: int) -> tuple[dict[str, Any], Any] | None:
+        try:
+            return self._get(f"/tcp_routes/{port}")
+        except NoNodeError:
+            return None
+
+    @staticmethod
+    def _route_from(port: int, data: Mapping[str, Any]) -> TcpRoute:
+        return TcpRoute(
+            port=port,
+            app=str(data["app"]),
+            process=str(data["process"]),
+            proxy_protocol=data.get("proxy_protocol"),
+            created_at=str(data["created_at"]),
+        )
+
+    def add_tcp_route(
+        self, app: str, port: object, process: object, proxy_protocol: object = None
+    ) -> TcpRoute:
+        """Expose the app's `process` tasks on router `port`. Invalid for a bad port, process
+        type or PROXY protocol version, or past MAX_ROUTES_PER_APP; Conflict if any app has a
+        route on that port already."""
+        port = validate_route_port(port)
+        proxy = validate_proxy_protocol(proxy_protocol)
+        index = f"/apps/{app}/tcp_routes"
+        for _ in range(_CAS_ATTEMPTS):
+            # NotFound for the app comes first; then the process type against its release
+            ptype = validate_process_type(process, self.get_release(app).process_types)
+            route = TcpRoute(
+                port=port, app=app, process=ptype, proxy_protocol=proxy, created_at=now()
+            )
+            op = uuid.uuid4().hex
+            with self._mapped(f"add TCP route {port} to {app}"):
+                found = self._route_record(port)
+                if found is not None:
+                    owner = found[0].get("app")
+                    if owner == app:
+                        raise Conflict(f"app {app} already has a TCP route on port {port}")
+                    raise Conflict(f"port {port} is already routed to app {owner}")
+                try:
+                    names, stat = self._zk.get_children_async(index, include_data=True).get(
+                        timeout=self._timeout
+                    )
+                except NoNodeError:
+                    names, stat = [], None
+                if len(names) >= MAX_ROUTES_PER_APP:
+                    raise Invalid(
+                        f"app {app} has {len(names)} TCP routes; the limit is"
+                        f" {MAX_ROUTES_PER_APP}: remove one first"
+                    )
+                record = {
+                    "app": app,
+                    "process": ptype,
+                    "proxy_protocol": proxy,
+                    "created_at": route.created_at,
+                    "op": op,
+                }
+                guard: Op = (
+                    ("create", index, b"")
+                    if stat is None
+                    else ("set_data", index, b"", stat.version)
+                )
+                ops: list[Op] = [
+                    guard,
+                    ("create", f"{index}/{port}", b""),
+                    ("create", f"/tcp_routes/{port}", _dump(record)),
+                ]
+            try:
+                with self._mapped(f"add TCP route {port} to {app}"):
+                    failure = self._failure(self._commit(ops))
+            except Unavailable:
+                with self._mapped(f"check whether TCP route {port} was added"):
+                    after = self._route_record(port)
+                if after is not None and after[0].get("op") == op:
+                    return route
+                raise
+            if failure is None:
+                log.info(
+                    "tcp route added",
+                    extra={
+                        "app": app,
+                        "port": port,
+                        "process_type": ptype,
+                        "proxy_protocol": proxy,
+                    },
+                )
+                return route
+            if not isinstance(failure, BadVersionError | NodeExistsError | NoNodeError):
+                raise BerthError(f"could not add TCP route {port}: {type(failure).__name__}")
+        raise Conflict(f"the TCP routes of {app} are changing too fast; try again")
+
+    def remove_tcp_route(self, app: str, port: object) -> TcpRoute:
+        """Stop routing `port` to the app; returns the route removed. NotFound unless the app
+        has a route there: another app's route is never touched."""
+        port = validate_route_port(port)
+        index = f"/apps/{app}/tcp_routes"
+        for _ in range(_CAS_ATTEMPTS):
+            self.get_app(app)
+            with self._mapped(f"remove TCP route {port} from {app}"):
+                found = self._route_record(port)
+                if found is None or found[0].get("app") != app:
+                    raise NotFound(f"app {app} has no TCP route on port {port}")
+                try:
+                    _, index_stat = self._zk.get_async(index).get(timeout=self._timeout)
+                except NoNodeError:
+                    continue  # the app is being destroyed: read again
+                ops: list[Op] = [
+                    ("set_data", index, b"", index_stat.version),
+                    ("delete", f"{index}/{port}"),
+                    ("delete", f"/tcp_routes/{port}", found[1].version),
+                ]
+            route = self._route_from(port, found[0])
+            try:
+                with self._mapped(f"remove TCP route {port} from {app}"):
+                    failure = self._failure(self._commit(ops))
+            except Unavailable:
+                with self._mapped(f"check whether TCP route {port} was removed"):
+                    after = self._route_record(port)
+                if after is None or after[0].get("app") != app:
+                    return route  # it landed (or the app was destroyed): gone either way
+                raise
+            if failure is None:
+                log.info("tcp route removed", extra={"app": app, "port": port})
+                return route
+            if not isinstance(failure, BadVersionError | NoNodeError):
+                raise BerthError(f"could not remove TCP route {port}: {type(failure).__name__}")
+        raise Conflict(f"the TCP routes of {app} are changing too fast; try again")
+
+    def tcp_routes(self, app: str) -> list[TcpRoute]:
+        """The app's TCP routes, sorted by port."""
+        with self._mapped(f"list the TCP routes of {app}"):
+            ports = self._app_route_ports(app)
+            pending = [(p, self._zk.get_async(f"/tcp_routes/{p}")) for p in ports]
+            found = []
+            for port, result in pending:
+                try:
+                    data, _ = result.get(timeout=self._timeout)
+                except NoNodeError:
+                    continue  # removed between the listing and the read
+                record = _load(data)
+                if record.get("app") == app:
+                    found.append(self._route_from(port, record))
+        if not ports:
+            self.get_app(app)  # NotFound for an unknown app
+        return found
+
+    def all_tcp_routes(self, watch: Watcher | None = None) -> list[TcpRoute]:
+        """Every TCP route, sorted by port, for the router. With `watch`, it is called once (on
+        kazoo's thread: it must only signal) when a route is next added or removed; a route's
+        znode is never changed in place, so the children watch is enough."""
+        with self._mapped("list TCP routes"):
+            names = self._zk.get_children_async("/tcp_routes", watch=watch).get(
+                timeout=self._timeout
+            )
+            ports = sorted(int(n) for n in names if n.isdigit())
+            pending = [(p, self._zk.get_async(f"/tcp_routes/{p}")) for p in ports]
+            routes = []
+            for port, result in pending:
+                try:
+                    data, _ = result.get(timeout=self._timeout)
+                except NoNodeError:
+                    continue
+                routes.append(self._route_from(port, _load(data)))
+        return routes
+
+    # -- log drains --------------------------------------------------------------------------
+
+    def drains(self, app: str) -> list[Drain]:
+        """The app's log drains, in the order they were added; NotFound for an unknown app."""
+        self.get_app(app)
+        data, _ = self._read_map(f"/apps/{app}/drains", f"read drains of {app}")
+        return [Drain.from_json(d) for d in data.get("drains", [])]
+
+    def _change_drains(self, app: str, change: Callable[[list[Drain]], list[Drain]]) -> None:
+        """CAS `change` (which may raise) over /apps/<app>/drains; NotFound if the app is gone."""
+        path = f"/apps/{app}/drains"
+        for _ in range(_CAS_ATTEMPTS):
+            self.get_app(app)
+            data, version = self._read_map(path, f"read drains of {app}")
+            changed = change([Drain.from_json(d) for d in data.get("drains", [])])
+            raw = _dump({"drains": [d.to_json() for d in changed]})
+            with self._mapped(f"change drains of {app}"):
+                try:
+                    if version < 0:
+                        self._zk.create_async(path, raw).get(timeout=self._timeout)
+                    else:
+                        self._zk.set_async(path, raw, version=version).get(timeout=self._timeout)
+                except (BadVersionError, NodeExistsError):
+                    continue
+                except NoNodeError:
+                    raise NotFound(f"no app named {app}") from None
+            return
+        raise Conflict(f"drains of {app} are changing too fast; try again")
+
+    def add_drain(self, app: str, url: object) -> Drain:
+        """Add a drain (drainurl.parse_url checks the URL: Invalid, nothing stored); Conflict
+        if the app has it already; Invalid past MAX_DRAINS_PER_APP."""
+        drain = Drain.new(url, now())
+
+        def change(current: list[Drain]) -> list[Drain]:
+            if any(d.id == drain.id for d in current):
+                raise Conflict(f"{app} already has the drain {drain.target.display}")
+            if len(current) >= MAX_DRAINS_PER_APP:
+                raise Invalid(
+                    f"{app} has {MAX_DRAINS_PER_APP} drains already, the most an app may have:"
+                    " remove one first"
+                )
+            return [*current, drain]
+
+        self._change_drains(app, change)
+        log.info("drain added", extra={"app": app, "drain": drain.id})
+        return drain
+
+    def remove_drain(self, app: str, which: str) -> Drain:
+        """Remove a drain by its id (d.…) or its URL; NotFound unless the app has it."""
+        if DRAIN_ID.fullmatch(which):
+            wanted, shown = which, which
+        else:
+            target = parse_url(which)
+            wanted, shown = drain_id(target.url), target.display
+        removed: list[Drain] = []
+
+        def change(current: list[Drain]) -> list[Drain]:
+            removed[:] = [d for d in current if d.id == wanted]
+            if not removed:
+                raise NotFound(f"{app} has no drain {shown}")
+            return [d for d in current if d.id != wanted]
+
+        self._change_drains(app, change)
+        log.info("drain removed", extra={"app": app, "drain": wanted})
+        return removed[0]
+
+    def all_drains(self, watch: Watcher | None = None) -> dict[str, list[Drain]]:
+        """Every app's drains (apps without any left out), for `berth logd`. With `watch`, it is
+        called (on kazoo's thread: it must only signal) when the list of apps or any app's
+        drains next change."""
+        with self._mapped("list drains"):
+            names = sorted(
+                self._zk.get_children_async("/apps", watch=watch).get(timeout=self._timeout)
+            )
+            pending = [(n, self._zk.get_async(f"/apps/{n}/drains", watch=watch)) for n in names]
+            found: dict[str, list[Drain]] = {}
+            for name, result in pending:
+                try:
+                    data, _ = result.get(timeout=self._timeout)
+                except NoNodeError:
+                    # no drains yet: watch for the znode's creation (a read sets no watch on
+                    # a missing znode), and read it if it appeared meanwhile
+                    path = f"/apps/{name}/drains"
+                    if self._zk.exists_async(path, watch=watch).get(timeout=self._timeout) is None:
+                        continue
+                    try:
+                        data, _ = self._zk.get_async(path).get(timeout=self._timeout)
+                    except NoNodeError:
+                        continue
+                drains = [Drain.from_json(d) for d in _load(data).get("drains", [])]
+                if drains:
+                    found[name] = drains
+        return found
+
+    # -- TLS certificates and ACME -------------------------------------------------------------
+
+    def _cert_from(self, name: str, data: dict[str, Any], with_key: bool) -> Certificate:
+        key = ""
+        if with_key:
+            key = self._need_sealer().open(data["key"], f"cert:{data['app']}/{name}").decode()
+        return Certificate(
+            name=name,
+            app=str(data["app"]),
+            hostnames=tuple(data["hostnames"]),
+            issuer=str(data["issuer"]),
+            not_after=str(data["not_after"]),
+            fingerprint=str(data["fingerprint"]),
+            source=str(data["source"]),
+            created_at=str(data["created_at"]),
+            cert_pem=str(data["cert"]),
+            key_pem=key,
+        )
+
+    def put_cert(self, cert: Certificate) -> Certificate:
+        """Store the certificate at /certs/<name> with its key sealed (bound to the app and
+        name). Replaces the app's certificate of that name (a renewal, a new upload); Conflict
+        if another app's has that name; NotFound if the app is gone."""
+        path = f"/certs/{cert.name}"
+        where = f"cert:{cert.app}/{cert.name}"
+        record = {
+            "app": cert.app,
+            "hostnames": list(cert.hostnames),
+            "issuer": cert.issuer,
+            "not_after": cert.not_after,
+            "fingerprint": cert.fingerprint,
+            "source": cert.source,
+            "created_at": cert.created_at,
+            "cert": cert.cert_pem,
+            "key": self._need_sealer().seal(cert.key_pem.encode(), where),
+        }
+        for _ in range(_CAS_ATTEMPTS):
+            self.get_app(cert.app)
+            with self._mapped(f"store the certificate {cert.name}"):
+                try:
+                    data, stat = self._get(path)
+                except NoNodeError:
+                    try:
+                        self._zk.create_async(path, _dump(record), makepath=True).get(
+                            timeout=self._timeout
+                        )
+                    except NodeExistsError:
+                        continue
+                    log.info("certificate stored", extra={"app": cert.app, "cert": cert.name})
+                    return cert
+                if data.get("app") != cert.app:
+                    raise Conflict(f"certificate {cert.name} belongs to app {data.get('app')}")
+                try:
+                    self._zk.set_async(path, _dump(record), version=stat.version).get(
+                        timeout=self._timeout
+                    )
+                except (BadVersionError, NoNodeError):
+                    continue
+            log.info("certificate replaced", extra={"app": cert.app, "cert": cert.name})
+            return cert
+        raise Conflict(f"certificate {cert.name} is changing too fast; try again")
+
+    def all_certs(self, watch: Watcher | None = None, with_keys: bool = False) -> list[Certificate]:
+        """Every stored certificate, sorted by name; keys opened only `with_keys` (the router).
+        With `watch`, it is called once (on kazoo's thread: it must only signal) when a
+        certificate is next added, replaced or removed."""
+        with self._mapped("list certificates"):
+            try:
+                names = self._zk.get_children_async("/certs", watch=watch).get(
+                    timeout=self._timeout
+                )
+            except NoNodeError:
+                if watch is not None:  # armed on the node's creation
+                    self._zk.exists_async("/certs", watch=watch).get(timeout=self._timeout)
+                names = []
+            pending = [(n, self._zk.get_async(f"/certs/{n}", watch=watch)) for n in sorted(names)]
+            found = []
+            for name, result in pending:
+                try:
+                    data, _ = result.get(timeout=self._timeout)
+                except NoNodeError:
+                    continue
+                found.append((name, _load(data)))
+        certs = []
+        for name, data in found:
+            try:
+                certs.append(self._cert_from(name, data, with_keys))
+            except (BerthError, KeyError, ValueError) as exc:  # one bad record spoils no other
+                reason = exc.message if isinstance(exc, BerthError) else repr(exc)
+                log.warning("certificate %s unreadable: %s", name, reason, extra={"cert": name})
+        return certs
+
+    def certs(self, app: str) -> list[Certificate]:
+        """The app's certificates (without keys), sorted by name."""
+        self.get_app(app)
+        return [c for c in self.all_certs() if c.app == app]
+
+    def remove_cert(self, app: str, hostname: str) -> list[str]:
+        """Remove the app's certificate named `hostname`, else every one of its certificates
+        that lists it. NotFound if none does. Returns the names removed."""
+        hostname = validate_domain(hostname)
+        mine = self.certs(app)
+        chosen = [c for c in mine if c.name == hostname] or [
+            c for c in mine if hostname in c.hostnames
+        ]
+        if not chosen:
+            raise NotFound(f"app {app} has no certificate for {hostname}")
+        for cert in chosen:
+            with self._mapped(f"remove the certificate {cert.name}"), suppress(NoNodeError):
+                self._zk.delete_async(f"/certs/{cert.name}").get(timeout=self._timeout)
+            log.info("certificate removed", extra={"app": app, "cert": cert.name})
+        return [c.name for c in chosen]
+
+    def _remove_app_certs(self, app: str) -> None:
+        """After an app is destroyed: its certificates go too (best effort; the router serves
+        none of them anyway, since their names no longer route to the app)."""
+        try:
+            for cert in self.all_certs():
+                if cert.app == app:
+                    with self._mapped(f"remove the certificate {cert.name}"), suppress(NoNodeError):
+                        self._zk.delete_async(f"/certs/{cert.name}").get(timeout=self._timeout)
+        except BerthError as exc:
+            log.warning("certificates of %s not removed: %s", app, exc.message)
+
+    def put_acme_challenge(self, token: str, key_authorization: str, domain: str) -> None:
+        """An HTTP-01 answer every router serves at /.well-known/acme-challenge/<token>."""
+        record = {"key_authorization": key_authorization, "domain": domain, "created_at": now()}
+        with self._mapped("store an ACME challenge"):
+            try:
+                self._zk.create_async(
+                    f"/acme/challenges/{token}", _dump(record), makepath=True
+                ).get(timeout=self._timeout)
+            except NodeExistsError:
+                self._zk.set_async(f"/acme/challenges/{token}", _dump(record)).get(
+                    timeout=self._timeout
+                )
+
+    def delete_acme_challenge(self, token: str) -> None:
+        with self._mapped("remove an ACME challenge"), suppress(NoNodeError):
+            self._zk.delete_async(f"/acme/challenges/{token}").get(timeout=self._timeout)
+
+    def acme_challenges(self, watch: Watcher | None = None) -> dict[str, str]:
+        """Token → key authorization of every pending HTTP-01 challenge. With `watch`, it is
+        called once (kazoo's thread) when one is next added or removed."""
+        with self._mapped("list ACME challenges"):
+            try:
+                tokens = self._zk.get_children_async("/acme/challenges", watch=watch).get(
+                    timeout=self._timeout
+                )
+            except NoNodeError:
+                if watch is not None:
+                    self._zk.exists_async("/acme/challenges", watch=watch).get(
+                        timeout=self._timeout
+                    )
+                return {}
+            pending = [(t, self._zk.get_async(f"/acme/challenges/{t}")) for t in sorted(tokens)]
+            found = {}
+            for token, result in pending:
+                try:
+                    data, _ = result.get(timeout=self._timeout)
+                except NoNodeError:
+                    continue
+                found[token] = str(_load(data)["key_authorization"])
+        return found
+
+    def acme_account(self, directory: str) -> tuple[str, str] | None:
+        """(account key PEM, account URL) registered at `directory`, or None."""
+        with self._mapped("read the ACME account"):
+            try:
+                data, _ = self._get("/acme/account")
+            except NoNodeError:
+                return None
+        if data.get("directory") != directory:
+            return None
+        key = self._need_sealer().open(data["key"], "acme-account").decode()
+        return key, str(data["uri"])
+
+    def put_acme_account(self, directory: str, key_pem: str, uri: str) -> None:
+        record = {
+            "directory": directory,
+            "uri": uri,
+            "key": self._need_sealer().seal(key_pem.encode(), "acme-account"),
+        }
+        with self._mapped("store the ACME account"):
+            try:
+                self._zk.create_async("/acme/account", _dump(record), makepath=True).get(
+                    timeout=self._timeout
+                )
+            except NodeExistsError:
+                self._zk.set_async("/acme/account", _dump(record)).get(timeout=self._timeout)
+
+    @contextmanager
+    def lock(self, name: str, identifier: str, timeout: float) -> Iterator[bool]:
+        """Holds the ZooKeeper lock /locks/<name> (an ephemeral znode: a dead holder's lock
+        goes with its session) while the block runs; yields False if it was not had within
+        `timeout` seconds."""
+        lock = self._zk.Lock(f"/locks/{name}", identifier)
+        with self._mapped(f"take the lock {name}"):
+            try:
+                got = bool(lock.acquire(timeout=timeout))
+            except LockTimeout:
+                got = False
+        try:
+            yield got
+        finally:
+            if got:
+                with suppress(Exception):
+                    lock.release()
 
     # -- tokens ------------------------------------------------------------------------------
 

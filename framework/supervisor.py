@@ -1,8 +1,8 @@
 """`berth server`: run Berth's processes on one machine and keep them running. Each
-component is its own process (`berth api`, `berth framework`, `berth router`), started with
-the same settings, restarted with backoff (1 s doubling to 30 s, reset after a minute up) if it
-dies, and stopped with SIGTERM (SIGKILL after a grace period) when the server is asked to stop.
-Starts children by command line only: imports no other berth package.
+component is its own process (`berth api`, `berth logd`, `berth framework`, `berth router`),
+started with the same settings, restarted with backoff (1 s doubling to 30 s, reset after a
+minute up) if it dies, and stopped with SIGTERM (SIGKILL after a grace period) when the
+server is asked to stop. Starts children by command line only: imports no other berth package.
 Threads: the main thread runs `Supervisor.run`; signal handlers only set the stop Event.
 """
 
@@ -26,7 +26,12 @@ from berth.framework.settings import Settings
 log = logging.getLogger(__name__)
 
 # Each component runs as `python -m <module>`: its own entry, without the CLI client code.
-COMPONENTS = {"api": "berth.api", "framework": "berth.framework", "router": "berth.router"}
+COMPONENTS = {
+    "api": "berth.api",
+    "logd": "berth.api.logd",
+    "framework": "berth.framework",
+    "router": "berth.router",
+}
 STOP_GRACE = 15.0
 BACKOFF_START, BACKOFF_MAX, HEALTHY_AFTER = 1.0, 30.0, 60.0
 
@@ -93,14 +98,44 @@ class Supervisor:
                 child.proc.wait()
 
 
-def component_args(name: str, master: str, http_addr: str) -> list[str]:
+def component_args(
+    name: str,
+    master: str,
+    http_addr: str,
+    *,
+    accept_proxy: bool = False,
+    router_tls: tuple[str, ...] = (),
+) -> list[str]:
     """The flags only one component takes. The router stops its HAProxy when `berth server`
     stops it; if the router dies instead, HAProxy keeps serving and the next router adopts it."""
     if name == "framework":
         return [f"--master={master}"]
     if name == "router":
-        return [f"--http-addr={http_addr}", "--stop-haproxy"]
+        return [
+            f"--http-addr={http_addr}",
+            "--stop-haproxy",
+            *(["--accept-proxy"] if accept_proxy else []),
+            *router_tls,
+        ]
     return []
+
+
+def router_tls_args(
+    https_addr: str | None,
+    acme: bool | None,
+    directory: str | None,
+    email: str | None,
+    ca_bundle: str | None,
+) -> tuple[str, ...]:
+    """`berth server`'s TLS flags as the router takes them (only those given: the router
+    reads BERTH_* variables for the rest)."""
+    args = [f"--https-addr={https_addr}"] if https_addr else []
+    if acme is not None:
+        args.append("--acme" if acme else "--no-acme")
+    args += [f"--acme-directory={directory}"] if directory else []
+    args += [f"--acme-email={email}"] if email else []
+    args += [f"--acme-ca-bundle={ca_bundle}"] if ca_bundle else []
+    return tuple(args)
 
 
 @click.command("server")
@@ -113,8 +148,39 @@ def component_args(name: str, master: str, http_addr: str) -> list[str]:
     show_default=True,
     help="[HOST]:PORT the router serves apps' HTTP on",
 )
-def command(settings: Settings, master: str, http_addr: str) -> None:
-    """Run Berth on this machine: the API, the framework (scheduler) and the router."""
+@click.option(
+    "--accept-proxy",
+    is_flag=True,
+    envvar="BERTH_ACCEPT_PROXY",
+    help="The router expects a PROXY protocol header from an upstream load balancer",
+)
+@click.option(
+    "--https-addr",
+    envvar="BERTH_HTTPS_ADDR",
+    help="[HOST]:PORT the router serves apps' HTTPS on [default: no HTTPS]",
+)
+@click.option(
+    "--acme/--no-acme",
+    default=None,
+    help="With --https-addr, the router gets certificates for custom domains over ACME"
+    " [default: on]",
+)
+@click.option("--acme-directory", help="The ACME directory URL [default: Let's Encrypt]")
+@click.option("--acme-email", help="The ACME account's contact")
+@click.option("--acme-ca-bundle", help="A CA file the router trusts for the ACME directory")
+def command(
+    settings: Settings,
+    master: str,
+    http_addr: str,
+    accept_proxy: bool,
+    https_addr: str | None,
+    acme: bool | None,
+    acme_directory: str | None,
+    acme_email: str | None,
+    acme_ca_bundle: str | None,
+) -> None:
+    """Run Berth on this machine: the API, the log aggregator, the framework (scheduler) and
+    the router."""
     jsonlog.setup("server")
     stop = threading.Event()
 
@@ -131,7 +197,15 @@ def command(settings: Settings, master: str, http_addr: str) -> None:
                 "-m",
                 module,
                 *settings_args(settings),
-                *component_args(name, master, http_addr),
+                *component_args(
+                    name,
+                    master,
+                    http_addr,
+                    accept_proxy=accept_proxy,
+                    router_tls=router_tls_args(
+                        https_addr, acme, acme_directory, acme_email, acme_ca_bundle
+                    ),
+                ),
             ],
         )
         for name, module in COMPONENTS.items()

@@ -36,10 +36,12 @@ DEFAULT_PIDS_LIMIT = 256
 @dataclass(frozen=True, slots=True)
 class HealthCheck:
     """How the executor decides a task is up: TCP connect to PORT, or an HTTP GET of `path`
-    answering 2xx/3xx."""
+    answering 2xx/3xx. A task none of whose checks passes within `startup` seconds is ended
+    as failed (`never_healthy` in its status data)."""
 
     kind: str = "tcp"  # "tcp" | "http" | "none"
     path: str = "/"
+    startup: float = 60.0  # seconds for the first check to pass, else the task fails
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,11 @@ class Payload:
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     pids_limit: int = DEFAULT_PIDS_LIMIT
     health: HealthCheck = field(default_factory=HealthCheck)
+    container_port: int = 0  # the port the process listens on in its container; 0: `port`
+    # berth logd: where the executor ships the container's output, and its token for that
+    # (loglines.task_token: it may write this app's and process's lines only). "" = don't ship.
+    logs_url: str = ""
+    logs_token: str = ""
 
     @property
     def labels(self) -> dict[str, str]:

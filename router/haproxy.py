@@ -17,6 +17,13 @@ How the pieces fit (the controller, main.py, decides when):
 - Every server line carries its options explicitly (`server_options`), and `Runtime.add_server`
   sends exactly the same ones: HAProxy does not apply `default-server` to servers added at run
   time, and a server must behave the same whether it came from a reload or from the API.
+- TCP routes are `listen tcp_<port>` sections in `mode tcp`, after a `defaults tcp` section of
+  their own at the end of the file (every section after a `defaults` inherits it); their
+  servers carry `send-proxy`/`send-proxy-v2` for a route with a PROXY protocol version, in the
+  config and in `add server` alike (HAProxy 2.6 takes both at run time).
+- With `accept_proxy`, every bind (HTTP and TCP routes) takes `accept-proxy`: an upstream load
+  balancer's PROXY header says who the client is (%ci, X-Forwarded-For), and a connection
+  without one is refused.
 - A draining server is rendered with `weight 0`: after a reload it takes no new requests,
   and nothing has to be replayed through the API. At run time `Runtime.drain` sets the
   server's admin state to drain instead; `Runtime.ready` undoes either.
@@ -51,7 +58,7 @@ from pathlib import Path
 
 from berth.framework.errors import BerthError, Invalid
 from berth.router import pages
-from berth.router.table import Server, Table, wildcard_order
+from berth.router.table import Routing, Server, Table, wildcard_order
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +129,21 @@ class RouterConfig:
     hard_stop_after: int = 60  # an old worker still busy this long after a reload is stopped
     max_header_bytes: int = 8192  # request headers above this → 431
     maxconn: int = 4096  # concurrent client connections (HAProxy needs twice as many fds)
+    tcp_host: str | None = None  # TCP routes bind here; None: http_addr's host
+    accept_proxy: bool = False  # every bind expects a PROXY protocol header (v1 or v2)
+    timeout_tcp: int = 3600  # a TCP route's connection idle this long (both ways) is closed
+    access_log: bool = True  # HAProxy sends access lines to `access_socket`
+    https_addr: str | None = None  # HTTPS (TLS by SNI, HTTP/2) on this address; None: none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_dir", Path(os.path.abspath(self.run_dir)))
         _parse_addr(self.http_addr)
+        if self.https_addr is not None:
+            _parse_addr(self.https_addr)
+            if self.https_addr == self.http_addr:
+                raise Invalid("https_addr and http_addr must differ")
+        if self.tcp_host is not None:
+            _parse_addr(f"[{self.tcp_host}]:1" if ":" in self.tcp_host else f"{self.tcp_host}:1")
         for name in (
             "timeout_server",
             "timeout_http_request",
@@ -133,6 +151,7 @@ class RouterConfig:
             "timeout_connect",
             "timeout_client",
             "hard_stop_after",
+            "timeout_tcp",
         ):
             value = getattr(self, name)
             if not 1 <= value <= 86400:
@@ -141,7 +160,7 @@ class RouterConfig:
             raise Invalid(f"max_header_bytes must be 1024 to {HEADER_BYTES_LIMIT}")
         if not 1 <= self.maxconn <= 1_000_000:
             raise Invalid("maxconn must be 1 to 1000000")
-        for path in (self.admin_socket, self.master_socket):
+        for path in (self.admin_socket, self.master_socket, self.access_socket):
             if len(str(path)) > UNIX_PATH_MAX:
                 raise Invalid(f"run_dir is too long for a unix socket path: {path}")
         if any(c.isspace() or c in "\"'\\#;," for c in str(self.run_dir)):
@@ -150,6 +169,11 @@ class RouterConfig:
     @property
     def config_path(self) -> Path:
         return self.run_dir / "haproxy.cfg"
+
+    @property
+    def access_socket(self) -> Path:
+        """Where HAProxy sends its access lines (router/accesslog.py reads them)."""
+        return self.run_dir / "access.sock"
 
     @property
     def admin_socket(self) -> Path:
@@ -178,10 +202,52 @@ class RouterConfig:
     def page(self, status: int) -> Path:
         return self.pages_dir / f"{status}.http"
 
+    def timeout_page(self, seconds: int) -> Path:
+        """The 504 page of an app with its own timeout (it names that timeout)."""
+        return self.pages_dir / f"504-{int(seconds)}s.http"
+
     @property
     def bind(self) -> str:
         """The address as HAProxy's `bind` takes it."""
         host, port = _parse_addr(self.http_addr)
+        if ":" in host:
+            return f"[{host}]:{port}" + (" v4v6" if host == "::" else "")
+        return f"{host}:{port}"
+
+    @property
+    def https_bind(self) -> str:
+        """The HTTPS address as HAProxy's `bind` takes it."""
+        assert self.https_addr is not None
+        host, port = _parse_addr(self.https_addr)
+        if ":" in host:
+            return f"[{host}]:{port}" + (" v4v6" if host == "::" else "")
+        return f"{host}:{port}"
+
+    @property
+    def crt_list(self) -> Path:
+        return self.run_dir / "certs.list"
+
+    @property
+    def acme_map(self) -> Path:
+        return self.run_dir / "acme.map"
+
+    @property
+    def bind_options(self) -> str:
+        """What every bind line adds after its address ("" or " accept-proxy")."""
+        return " accept-proxy" if self.accept_proxy else ""
+
+    @property
+    def http_port(self) -> int:
+        return _parse_addr(self.http_addr)[1]
+
+    @property
+    def tcp_bind_host(self) -> str:
+        """The host TCP routes bind on ("" for every address, as in ":5432")."""
+        return self.tcp_host if self.tcp_host is not None else _parse_addr(self.http_addr)[0]
+
+    def tcp_bind(self, port: int) -> str:
+        """A TCP route's address as HAProxy's `bind` takes it."""
+        host = self.tcp_bind_host
         if ":" in host:
             return f"[{host}]:{port}" + (" v4v6" if host == "::" else "")
         return f"{host}:{port}"
@@ -217,7 +283,8 @@ def _endpoint(address: str, port: int) -> str:
 
 def server_options(server: Server) -> str:
     """The options of a server line, the same in the config and in `add server`."""
-    return f"{SERVER_OPTIONS} weight {0 if server.draining else WEIGHT}"
+    proxy = {None: "", "v1": " send-proxy", "v2": " send-proxy-v2"}[server.send_proxy]
+    return f"{SERVER_OPTIONS} weight {0 if server.draining else WEIGHT}{proxy}"
 
 
 def _safe_token(value: str, what: str) -> str:
@@ -243,18 +310,24 @@ def render(table: Table, config: RouterConfig) -> str:
         "    stats timeout 30s",
         f"    hard-stop-after {c.hard_stop_after}s",
         f"    maxconn {c.maxconn}",
-        "    log stdout format raw local0 info",
+        # access lines: datagrams to the controller (accesslog.py); never blocks HAProxy
+        *([f"    log {c.access_socket} len 16384 format raw local0 info"] if c.access_log else []),
         "",
         "defaults",
         "    mode http",
         "    log global",
         # one line per request: what the request was, what became of it, who served it
-        '    log-format "request_id=%[var(txn.request_id)] client=%ci method=%HM'
-        " host=%[var(txn.host)] path=%{+Q}HPO status=%ST bytes=%B duration_ms=%Ta"
-        " connect_ms=%Tc response_ms=%Tr backend=%b server=%s termination=%tsc"
-        ' retries=%rc"',
+        # time (epoch µs), backend and server first: accesslog.py splits them off for the
+        # record's time, app and task
+        '    log-format "%[date(0,us)] %b %s request_id=%[var(txn.request_id)] client=%ci'
+        " method=%HM host=%[var(txn.host)] path=%{+Q}HPO status=%ST bytes=%B duration_ms=%Ta"
+        ' connect_ms=%Tc response_ms=%Tr termination=%tsc retries=%rc"',
         "    option dontlognull",
         "    option http-keep-alive",
+        # a client's first request may use an idle connection to the app that has already
+        # carried a request (so is known to stay open), not only its own session's: without
+        # it every `Connection: close` client costs a new connection to the app
+        "    http-reuse aggressive",
         # a reload must not close a client's idle keep-alive connection under its next request
         "    option idle-close-on-response",
         # a request whose connection failed is retried on another server each time
@@ -272,7 +345,38 @@ def render(table: Table, config: RouterConfig) -> str:
         *(f"    errorfile {status} {page(status)}" for status in (400, 408, 500, 502, 503, 504)),
         "",
         "frontend http",
-        f"    bind {c.bind}",
+        f"    bind {c.bind}{c.bind_options}",
+        *_acme_rules(c),
+        *_request_rules(c, "http"),
+        *_https_frontend(c),
+        "",
+        f"backend {NOT_FOUND_BACKEND}",
+        f"    http-request return status 404 errorfile {page(404)}",
+    ]
+    for app in sorted(table.backends):
+        backend = table.backends[app]
+        out += [
+            "",
+            f"backend {_safe_token(backend.name, 'backend name')}",
+            "    balance roundrobin",
+            *_app_settings(backend.routing, config),
+        ]
+        for server in backend.servers:
+            options = server_options(server)
+            if not _is_ip(server.address):
+                options += " init-addr libc,none"
+            endpoint = _endpoint(_safe_token(server.address, "address"), server.port)
+            out.append(f"    server {_safe_token(server.name, 'server name')} {endpoint} {options}")
+    out += _render_tcp(table, config)
+    return "\n".join(out) + "\n"
+
+
+def _request_rules(config: RouterConfig, proto: str) -> list[str]:
+    """A frontend's rules after its bind line, the same for http and https but for the
+    X-Forwarded-Proto they set: what a client may not decide, the request id, routing."""
+    c = config
+    page = c.page
+    return [
         "    unique-id-format %[uuid()]",
         # what a client must not decide: its headers' size, which host, who it is
         f"    http-request deny status 431 errorfile {page(431)}"
@@ -284,7 +388,7 @@ def render(table: Table, config: RouterConfig) -> str:
         "    http-request del-header X-Forwarded-Proto",
         "    http-request del-header X-Forwarded-Port",
         "    option forwardfor",
-        "    http-request set-header X-Forwarded-Proto http",
+        f"    http-request set-header X-Forwarded-Proto {proto}",
         "    http-request set-header X-Forwarded-Port %[dst_port]",
         # a request id: the client's if it sent one sane one, a new one otherwise
         "    acl request_id_sane req.fhdr_cnt(x-request-id) eq 1",
@@ -304,24 +408,96 @@ def render(table: Table, config: RouterConfig) -> str:
         " unless { var(txn.backend) -m found }",
         "    use_backend %[var(txn.backend)] if { var(txn.backend) -m found }",
         f"    default_backend {NOT_FOUND_BACKEND}",
-        "",
-        f"backend {NOT_FOUND_BACKEND}",
-        f"    http-request return status 404 errorfile {page(404)}",
     ]
-    for app in sorted(table.backends):
-        backend = table.backends[app]
+
+
+def _acme_rules(config: RouterConfig) -> list[str]:
+    """With HTTPS on, the http frontend answers ACME HTTP-01 challenges itself, from the
+    challenges map, before any host routing: `GET /.well-known/acme-challenge/<token>` for
+    any host name gets the token's key authorization."""
+    if config.https_addr is None:
+        return []
+    return [
+        "    http-request set-var(txn.acme) path,field(4,/),map_str("
+        f"{config.acme_map}) if {{ path_reg ^/\\.well-known/acme-challenge/[A-Za-z0-9_-]+$ }}",
+        "    http-request return status 200 content-type text/plain"
+        ' lf-string "%[var(txn.acme)]" if { var(txn.acme) -m found }',
+    ]
+
+
+def _https_frontend(config: RouterConfig) -> list[str]:
+    """The https frontend: TLS with the certificate SNI picks from the crt-list (tls.py
+    writes it; its first entry, the router's self-signed certificate, for any other name),
+    HTTP/2 or HTTP/1.1 by ALPN, then the http frontend's own rules."""
+    c = config
+    if c.https_addr is None:
+        return []
+    return [
+        "",
+        "frontend https",
+        f"    bind {c.https_bind}{c.bind_options} ssl crt-list {c.crt_list} alpn h2,http/1.1",
+        *_request_rules(c, "https"),
+    ]
+
+
+def _render_tcp(table: Table, config: RouterConfig) -> list[str]:
+    """The TCP routes: keep them last, since every section after `defaults tcp` is in its
+    mode. Connections are logged one line each when they end."""
+    if not table.listeners:
+        return []
+    c = config
+    out = [
+        "",
+        "defaults tcp",
+        "    mode tcp",
+        "    log global",
+        '    log-format "%[date(0,us)] %b %s tcp client=%ci:%cp bytes_in=%U bytes_out=%B'
+        ' duration_ms=%Tt connect_ms=%Tc termination=%ts retries=%rc"',
+        "    option dontlognull",
+        "    option redispatch 1",
+        "    retries 2",
+        f"    timeout connect {c.timeout_connect}s",
+        f"    timeout client {c.timeout_tcp}s",
+        f"    timeout server {c.timeout_tcp}s",
+        f"    timeout queue {c.timeout_connect}s",
+        "    timeout client-fin 5s",
+    ]
+    for port in sorted(table.listeners):
+        listener = table.listeners[port]
         out += [
             "",
-            f"backend {_safe_token(backend.name, 'backend name')}",
+            f"listen {_safe_token(listener.name, 'listener name')}",
+            f"    bind {c.tcp_bind(listener.port)}{c.bind_options}",
             "    balance roundrobin",
         ]
-        for server in backend.servers:
+        for server in listener.servers:
             options = server_options(server)
             if not _is_ip(server.address):
                 options += " init-addr libc,none"
             endpoint = _endpoint(_safe_token(server.address, "address"), server.port)
             out.append(f"    server {_safe_token(server.name, 'server name')} {endpoint} {options}")
-    return "\n".join(out) + "\n"
+    return out
+
+
+def _app_settings(routing: Routing, config: RouterConfig) -> list[str]:
+    """An app's own `timeout server` (504 after it), and its redirect of plain HTTP to HTTPS
+    (308 keeps the method and body; only where this router serves HTTPS, else it would send
+    clients nowhere). The redirect keeps the host and path, with the router's HTTPS port
+    unless it is 443."""
+    lines = []
+    if routing.timeout is not None:
+        lines.append(f"    timeout server {int(routing.timeout)}s")
+        lines.append(f"    errorfile 504 {config.timeout_page(routing.timeout)}")
+    if routing.https_only and config.https_addr is not None:
+        port = _parse_addr(config.https_addr)[1]
+        if port == 443:
+            lines.append("    http-request redirect scheme https code 308 unless { ssl_fc }")
+        else:
+            lines.append(
+                f"    http-request redirect location https://%[var(txn.host)]:{port}%[pathq]"
+                " code 308 unless { ssl_fc }"
+            )
+    return lines
 
 
 def render_maps(table: Table) -> dict[str, str]:
@@ -340,10 +516,15 @@ def render_maps(table: Table) -> dict[str, str]:
     return {HOSTS_MAP: hosts, WILDCARDS_MAP: wildcards}
 
 
-def write_pages(config: RouterConfig) -> None:
-    """Writes the error pages the config names into `config.pages_dir` (when they differ)."""
-    for page in pages.pages(config.timeout_server):
-        path = config.page(page.status)
+def write_pages(config: RouterConfig, table: Table | None = None) -> None:
+    """Writes the error pages the config for `table` names into `config.pages_dir` (when they
+    differ): the router's own, and a 504 page for each app timeout the table has."""
+    wanted = [(config.page(p.status), p) for p in pages.pages(config.timeout_server)]
+    timeouts = {b.routing.timeout for b in table.backends.values()} if table else set()
+    for seconds in sorted(t for t in timeouts if t is not None):
+        page = next(p for p in pages.pages(seconds) if p.status == 504)
+        wanted.append((config.timeout_page(seconds), page))
+    for path, page in wanted:
         data = pages.response(page)
         with contextlib.suppress(OSError):
             if path.read_bytes() == data:
@@ -443,6 +624,14 @@ class Runtime:
             raise RuntimeApiError(f"HAProxy's runtime API at {self._path}: {exc}") from exc
         return answer.rstrip("\n")
 
+    def dropped_logs(self) -> int:
+        """How many log lines HAProxy could not send since it started (`show info`)."""
+        for line in self.command("show info").splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == "DroppedLogs":
+                return int(value.strip() or 0)
+        return 0
+
     def _expect(self, line: str, *answers: str) -> str:
         answer = self.command(line).strip()
         if answer not in answers:
@@ -474,6 +663,14 @@ class Runtime:
             )
             result[state.name] = state
         return result
+
+    def proxies(self) -> set[str]:
+        """The names of the running worker's backends (and `listen` sections)."""
+        answer = self.command("show backend")
+        lines = answer.splitlines()
+        if not lines or not lines[0].startswith("# name"):
+            raise RuntimeApiError(f"show backend: {answer.strip()[:200]}")
+        return {line.strip() for line in lines[1:] if line.strip()}
 
     def add_server(self, backend: str, server: Server) -> None:
         """Adds `server` to `backend` and puts it into service (health checks on), or into

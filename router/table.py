@@ -14,6 +14,9 @@ Shapes, as HAProxy will see them (haproxy.py renders them):
 - hosts: every app answers at `<app>.<base domain>`; custom domains map exact host names, and
   `*.example.com` maps any name ending in `.example.com` (not `example.com` itself). An app's
   own `<app>.<base domain>` name always wins over a custom domain naming the same host.
+- TCP routes: a `Listener` per route, named `tcp_<port>`, whose servers are the tasks of the
+  route's process type chosen as for web (running and not unhealthy; killing → draining),
+  each carrying the route's PROXY protocol version (`send_proxy`).
 
 Server names are derived from task ids (see `server_name`), so a task keeps its server name
 across rounds, reloads and controller restarts.
@@ -24,9 +27,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from berth.framework.model import Task
+from berth.framework.model import Task, TcpRoute
 
 WEB = "web"
 MAX_SERVER_NAME = 64
@@ -46,6 +49,15 @@ class Server:
     port: int
     task_id: str
     draining: bool = False  # takes no new requests; in-flight ones finish
+    send_proxy: str | None = None  # "v1"/"v2": a PROXY protocol header opens each connection
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """An app's router settings (`routing:set`, model.App)."""
+
+    timeout: int | None = None  # seconds for the app's first byte, else 504; None: the default
+    https_only: bool = False  # plain HTTP requests are redirected to HTTPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,7 @@ class Backend:
     app: str
     name: str  # HAProxy backend name: f"app_{app}"
     servers: tuple[Server, ...]  # sorted by name
+    routing: Routing = Routing()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +75,24 @@ class Table:
     backends: Mapping[str, Backend]  # app → Backend (every app has one, even with no servers)
     hosts: Mapping[str, str]  # exact host name (lower case, no port) → app
     wildcards: Mapping[str, str]  # "*.example.com" is stored as suffix ".example.com" → app
+    listeners: Mapping[int, Listener] = field(default_factory=dict)  # TCP routes by port
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A TCP route as HAProxy serves it: a `listen` section bound to `port`."""
+
+    port: int
+    app: str
+    process: str
+    proxy_protocol: str | None  # None, "v1" or "v2"
+    name: str  # HAProxy proxy name: f"tcp_{port}"
+    servers: tuple[Server, ...]  # sorted by name
+
+    @property
+    def shape(self) -> tuple[int, str, str, str | None]:
+        """What only a reload can change."""
+        return (self.port, self.app, self.process, self.proxy_protocol)
 
 
 EMPTY = Table(backends={}, hosts={}, wildcards={})
@@ -71,8 +102,9 @@ EMPTY = Table(backends={}, hosts={}, wildcards={})
 class Changes:
     """What takes HAProxy from one table to the next.
 
-    `structural` means the runtime API cannot express the change (an app added or removed, or
-    a wildcard that must be matched before an existing one): render and reload. Otherwise the
+    `structural` means the runtime API cannot express the change (an app added or removed, an
+    app's router settings changed, or a wildcard that must be matched before an existing one):
+    render and reload. Otherwise the
     lists are runtime API operations, each naming a backend (and a server) or a map kind
     ("hosts" or "wildcards") with a key and the backend name it maps to. A server whose address
     or port changed appears in both `remove` and `add`.
@@ -114,8 +146,12 @@ def server_name(task_id: str) -> str:
     return f"{stem}-{digest}"
 
 
-def _server(task: Task) -> Server | None:
-    if task.process != WEB or task.port <= 0 or not task.hostname:
+def listener_name(port: int) -> str:
+    return f"tcp_{port}"
+
+
+def _server(task: Task, process: str = WEB, send_proxy: str | None = None) -> Server | None:
+    if task.process != process or task.port <= 0 or not task.hostname:
         return None
     if task.state == "running" and task.healthy is not False:
         draining = False
@@ -129,6 +165,7 @@ def _server(task: Task) -> Server | None:
         port=task.port,
         task_id=task.id,
         draining=draining,
+        send_proxy=send_proxy,
     )
 
 
@@ -144,11 +181,15 @@ def build(
     tasks: Iterable[Task],
     domains: Mapping[str, str],
     base_domain: str,
+    tcp_routes: Iterable[TcpRoute] = (),
+    routing: Mapping[str, Routing] | None = None,
 ) -> Table:
-    """The table for these apps, tasks and custom domains (domain → app).
+    """The table for these apps, tasks, custom domains (domain → app), TCP routes and the
+    apps' router settings (an app absent from `routing` has the defaults).
 
-    Tasks and domains of apps not in `apps` are ignored, as are domains that are not valid host
-    names (or `*.` + one)."""
+    Tasks, domains and routes of apps not in `apps` are ignored, as are domains that are not
+    valid host names (or `*.` + one)."""
+    tasks = list(tasks)
     names = sorted(set(apps))
     known = set(names)
     servers: dict[str, dict[str, Server]] = {app: {} for app in names}
@@ -167,6 +208,7 @@ def build(
             app=app,
             name=backend_name(app),
             servers=tuple(servers[app][name] for name in sorted(servers[app])),
+            routing=(routing or {}).get(app, Routing()),
         )
         for app in names
     }
@@ -192,7 +234,36 @@ def build(
         backends=backends,
         hosts=dict(sorted(hosts.items())),
         wildcards=dict(sorted(wildcards.items())),
+        listeners=_listeners(tcp_routes, tasks, known),
     )
+
+
+def _listeners(
+    tcp_routes: Iterable[TcpRoute], tasks: list[Task], known: set[str]
+) -> dict[int, Listener]:
+    listeners: dict[int, Listener] = {}
+    for route in sorted(tcp_routes, key=lambda r: r.port):
+        if route.app not in known or route.port in listeners:
+            continue
+        servers: dict[str, Server] = {}
+        for task in tasks:
+            if task.app != route.app:
+                continue
+            server = _server(task, route.process, route.proxy_protocol)
+            if server is None:
+                continue
+            current = servers.get(server.name)
+            if current is None or (current.draining and not server.draining):
+                servers[server.name] = server
+        listeners[route.port] = Listener(
+            port=route.port,
+            app=route.app,
+            process=route.process,
+            proxy_protocol=route.proxy_protocol,
+            name=listener_name(route.port),
+            servers=tuple(servers[name] for name in sorted(servers)),
+        )
+    return listeners
 
 
 def wildcard_order(wildcards: Iterable[str]) -> list[str]:
@@ -203,17 +274,18 @@ def wildcard_order(wildcards: Iterable[str]) -> list[str]:
 
 def diff(old: Table, new: Table) -> Changes:
     """The changes that take HAProxy from serving `old` to serving `new`."""
-    structural = set(old.backends) != set(new.backends)
+    structural = set(old.backends) != set(new.backends) or any(
+        old.backends[app].routing != new.backends[app].routing
+        for app in set(old.backends) & set(new.backends)
+    )
     add: list[tuple[str, Server]] = []
     remove: list[tuple[str, str]] = []
     drain: list[tuple[str, str]] = []
     ready: list[tuple[str, str]] = []
-    for app in sorted(set(old.backends) | set(new.backends)):
-        before = old.backends.get(app)
-        after = new.backends.get(app)
-        backend = backend_name(app)
-        was = {s.name: s for s in before.servers} if before else {}
-        now = {s.name: s for s in after.servers} if after else {}
+
+    def servers(backend: str, before: Iterable[Server], after: Iterable[Server]) -> None:
+        was = {s.name: s for s in before}
+        now = {s.name: s for s in after}
         for name in sorted(set(was) | set(now)):
             a, b = was.get(name), now.get(name)
             if a is None and b is not None:
@@ -221,13 +293,30 @@ def diff(old: Table, new: Table) -> Changes:
             elif b is None and a is not None:
                 remove.append((backend, name))
             elif a is not None and b is not None:
-                if (a.address, a.port) != (b.address, b.port):
+                if (a.address, a.port, a.send_proxy) != (b.address, b.port, b.send_proxy):
                     remove.append((backend, name))
                     add.append((backend, b))
                 elif b.draining and not a.draining:
                     drain.append((backend, name))
                 elif a.draining and not b.draining:
                     ready.append((backend, name))
+
+    for app in sorted(set(old.backends) | set(new.backends)):
+        before = old.backends.get(app)
+        after = new.backends.get(app)
+        servers(
+            backend_name(app),
+            before.servers if before else (),
+            after.servers if after else (),
+        )
+    # TCP routes: a listener added, removed or changed is structural (a bind to add or drop);
+    # its servers change at run time like a backend's
+    if {p: x.shape for p, x in old.listeners.items()} != {
+        p: x.shape for p, x in new.listeners.items()
+    }:
+        structural = True
+    for port in sorted(set(old.listeners) & set(new.listeners)):
+        servers(listener_name(port), old.listeners[port].servers, new.listeners[port].servers)
 
     map_set: list[tuple[str, str, str]] = []
     map_del: list[tuple[str, str]] = []

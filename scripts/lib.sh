@@ -24,6 +24,13 @@ apt_install() {
 
 # The Debian packages Berth needs to run and to be tested.
 BERTH_DEBIAN_PACKAGES=(zookeeper default-jre-headless git ca-certificates curl haproxy)
+# The stack images (buildpacks/stack.py): mmdebstrap writes Debian's root filesystems; uidmap
+# gives it subordinate ids when it runs as a user.
+BERTH_DEBIAN_PACKAGES+=(mmdebstrap uidmap)
+
+# What only the tests need: busybox-static (the test image) and pebble (Let's Encrypt's test
+# ACME server, with its challenge test server as DNS).
+BERTH_TEST_PACKAGES=(busybox-static pebble rsyslog)
 
 # python_for_venv: a Python ≥ 3.11 that can make virtualenvs (Debian's needs python3-venv).
 python_for_venv() {

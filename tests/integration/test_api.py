@@ -294,3 +294,60 @@ def test_limits_stop_and_restart(api: Api, zookeeper: ZooKeeper, chroot: str) ->
         error(api.call("POST", "/v1/apps/ops/ps/restart", json={"target": "Bad.1"}), 422, "invalid")
     finally:
         store.stop()
+
+
+def test_checks_set_show_and_reset(api: Api) -> None:
+    api.call("POST", "/v1/apps", json={"name": "chk"})
+    api.call(
+        "POST",
+        "/v1/apps/chk/deploy",
+        json={"image": "chk:v1", "process_types": {"web": "serve", "worker": "work"}},
+    )
+    assert api.call("GET", "/v1/apps/chk/checks").json() == {
+        "web": {"type": "tcp", "startup": 60, "default": True},
+        "worker": {"type": "none", "startup": 60, "default": True},
+    }
+    changed = api.call("PATCH", "/v1/apps/chk/checks", json={"web": {"path": "/up"}})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["web"] == {"type": "http", "path": "/up", "startup": 60, "default": False}
+    api.call("PATCH", "/v1/apps/chk/checks", json={"worker": {"type": "tcp", "startup": "90s"}})
+    for bad, words in (
+        ({"web": {"path": "up"}}, "must start with /"),
+        ({"web": {"path": "/a b"}}, "without spaces"),
+        ({"web": {"path": "/" + "a" * 300}}, "over 256"),
+        ({"web": {"type": "udp"}}, "not http, tcp or none"),
+        ({"web": {"type": "tcp", "path": "/up"}}, "needs type http"),
+        ({"web": {"startup": 0}}, "1 to 900 seconds"),
+        ({"web": {"startup": "soon"}}, "whole seconds"),
+        ({"web": {"interval": 5}}, "takes type"),
+        ({"clock": {"path": "/up"}}, "no process type 'clock'"),
+        ({}, "non-empty object"),
+    ):
+        assert words in error(api.call("PATCH", "/v1/apps/chk/checks", json=bad), 422, "invalid")
+    stored = api.call("GET", "/v1/apps/chk/checks").json()
+    assert stored["web"]["path"] == "/up"  # nothing above changed anything
+    assert stored["worker"] == {"type": "tcp", "startup": 90, "default": False}
+    reset = api.call("PATCH", "/v1/apps/chk/checks", json={"web": None}).json()
+    assert reset["web"] == {"type": "tcp", "startup": 60, "default": True}
+    error(api.call("GET", "/v1/apps/nope/checks"), 404, "not_found")
+
+
+def test_routing_settings(api: Api) -> None:
+    api.call("POST", "/v1/apps", json={"name": "rtg"})
+    assert api.call("GET", "/v1/apps/rtg/routing").json() == {"timeout": None, "https_only": False}
+    changed = api.call("PATCH", "/v1/apps/rtg/routing", json={"timeout": "90s", "https_only": "on"})
+    assert changed.json() == {"timeout": 90, "https_only": True}, changed.text
+    api.call("PATCH", "/v1/apps/rtg/config", json={"A": "1"})  # a release keeps the settings
+    for bad, words in (
+        ({"timeout": 0}, "1 to 3600 seconds"),
+        ({"timeout": "soon"}, "whole seconds"),
+        ({"timeout": True}, "whole seconds"),
+        ({"https_only": "maybe"}, "on or off"),
+        ({"sticky": True}, "unknown routing setting 'sticky'"),
+        ({}, "non-empty object"),
+    ):
+        assert words in error(api.call("PATCH", "/v1/apps/rtg/routing", json=bad), 422, "invalid")
+    assert api.call("GET", "/v1/apps/rtg/routing").json() == {"timeout": 90, "https_only": True}
+    reset = api.call("PATCH", "/v1/apps/rtg/routing", json={"timeout": None, "https_only": False})
+    assert reset.json() == {"timeout": None, "https_only": False}
+    error(api.call("PATCH", "/v1/apps/nope/routing", json={"timeout": 5}), 404, "not_found")

@@ -286,6 +286,24 @@ def test_router_restart_and_kill_fail_no_request(berth: Berth, test_image: str) 
     assert berth.router.haproxy_pid() == haproxy
 
 
+def test_haproxy_killed_is_started_again_with_the_last_table(berth: Berth, test_image: str) -> None:
+    berth.deploy("rt-one", test_image)
+    berth.serving("rt-one", 1)
+    wait_for(lambda: berth.get("rt-one.localhost").status_code == 200, 10)
+    first = berth.router.haproxy_pid()
+    os.kill(first, signal.SIGKILL)
+
+    def answering_again() -> bool:
+        try:
+            return berth.router.haproxy_pid() != first and (
+                berth.get("rt-one.localhost").text.startswith("rt-one web.1")
+            )
+        except (requests.RequestException, OSError, ValueError):
+            return False
+
+    wait_for(answering_again, 30)
+
+
 def test_a_removed_container_is_ejected_without_errors(
     berth: Berth, docker_client: docker.DockerClient, test_image: str
 ) -> None:
@@ -305,3 +323,44 @@ def test_a_removed_container_is_ejected_without_errors(
         load.wait_for_requests(200)
     assert at_ejection <= 4, load.failures
     assert len(load.failures) == at_ejection, load.failures[at_ejection:]
+
+
+def test_a_release_failing_its_check_never_takes_traffic_and_is_rolled_back(
+    berth: Berth, test_image: str
+) -> None:
+    """With `checks:set web path=/up`, v1 answers /up and serves; v2 serves its page but has
+    no /up, so it never becomes healthy: it gets no request, and after three failed starts the
+    framework rolls the app back to what v1 ran."""
+    berth.deploy("rt-load", test_image)
+    checks = {"web": {"path": "/up", "startup": 2}}
+    reply = berth.api.call("PATCH", "/v1/apps/rt-load/checks", json=checks)
+    assert reply.status_code == 200, reply.text
+    with_up = f"mkdir -p /tmp/www && echo up >/tmp/www/up && {SERVE}"
+    reply = berth.api.call(
+        "POST",
+        "/v1/apps/rt-load/deploy",
+        json={"image": test_image, "process_types": {"web": with_up}},
+    )
+    good = int(reply.json()["version"])
+    berth.serving("rt-load", 1, good)
+    wait_for(lambda: berth.get("rt-load.localhost").status_code == 200, 10)
+    assert berth.get("rt-load.localhost", "/up").text == "up\n"
+    with Load(berth, "rt-load.localhost") as load:
+        load.wait_for_requests(20)
+        bad = berth.deploy("rt-load", test_image, marker="no-up")
+
+        def rolled_back() -> dict[str, Any] | None:
+            newest = berth.api.call("GET", "/v1/apps/rt-load/releases").json()[0]
+            return newest if newest["version"] > bad else None
+
+        rollback = wait_for(rolled_back, 120)
+        berth.serving("rt-load", 1, rollback["version"])
+        wait_for(partial(served_release, load, rollback["version"]), 30)
+        load.wait_for_requests(20)
+    assert rollback["description"].startswith(
+        f"Rollback to v{good}: v{bad} failed to start 3 times (web.1: no health check passed"
+    ), rollback["description"]
+    assert rollback["created_by"] == "berth"
+    assert load.failures == []
+    served = {int(body.split()[-1].removeprefix("v")) for body in load.bodies}
+    assert served == {good, rollback["version"]}  # never the failing release

@@ -5,9 +5,12 @@ berth.router.haproxy directly, the way the controller does."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import hashlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -195,7 +198,7 @@ class Router:
 
     def apply(self, wanted: Table) -> None:
         """What the controller does for a structural change: files, check, start or reload."""
-        write_pages(self.config)
+        write_pages(self.config, wanted)
         for name, text in render_maps(wanted).items():
             write_atomically(self.config.run_dir / name, text)
         write_atomically(self.config.config_path, render(wanted, self.config))
@@ -662,3 +665,221 @@ def test_a_slow_app_gets_a_504_and_a_broken_one_a_502(
     assert broken.status_code == 502
     assert "closed the connection" in broken.text
     assert router.page("one.localhost") == "200 one-a"  # a bad answer does not eject a server
+
+
+# -- websockets and server-sent events ----------------------------------------------------------
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _ws_accept(key: str) -> str:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 section 4.2.2)."""
+    digest = hashlib.sha1(key.encode() + WS_GUID, usedforsecurity=False).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _read_head(sock: socket.socket) -> bytes:
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        if not chunk:
+            raise ConnectionError("closed before the end of the head")
+        head += chunk
+    return head
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed mid-frame")
+        data += chunk
+    return data
+
+
+def _ws_frame(payload: bytes, *, masked: bool, opcode: int = 1) -> bytes:
+    """One final frame (payloads under 126 bytes, which is all these tests send)."""
+    assert len(payload) < 126
+    mask = os.urandom(4) if masked else b""
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if masked else payload
+    return bytes([0x80 | opcode, (0x80 if masked else 0) | len(payload)]) + mask + body
+
+
+def _ws_read(sock: socket.socket) -> tuple[int, bool, bytes]:
+    """(opcode, masked, payload) of one frame."""
+    first, second = _recv_exactly(sock, 2)
+    length = second & 0x7F
+    assert length < 126
+    mask = _recv_exactly(sock, 4) if second & 0x80 else b""
+    payload = _recv_exactly(sock, length)
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return first & 0x0F, bool(mask), payload
+
+
+class StreamApp:
+    """A web process on a raw socket: `/ws` is a websocket echo (RFC 6455 handshake, unmasks
+    the client's frames and answers unmasked), `/events` a server-sent event stream that sends
+    event n+1 only once the test sets `more[n]`."""
+
+    def __init__(self) -> None:
+        self.more = [threading.Event() for _ in range(3)]
+        self.headers: dict[str, str] = {}
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, name="stream-app", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError, ConnectionError):
+            head = _read_head(conn).decode("latin-1")
+            lines = head.split("\r\n")
+            self.headers = {
+                k.strip().lower(): v.strip()
+                for k, _, v in (line.partition(":") for line in lines[1:] if line)
+            }
+            path = lines[0].split()[1]
+            if path == "/ws":
+                self._websocket(conn)
+            elif path == "/events":
+                self._events(conn)
+
+    def _websocket(self, conn: socket.socket) -> None:
+        accept = _ws_accept(self.headers["sec-websocket-key"])
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        )
+        while True:
+            opcode, masked, payload = _ws_read(conn)
+            if not masked or opcode == 8:  # a client must mask; 8 is close
+                conn.sendall(_ws_frame(b"", masked=False, opcode=8))
+                return
+            conn.sendall(_ws_frame(b"echo: " + payload, masked=False, opcode=opcode))
+
+    def _events(self, conn: socket.socket) -> None:
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        for n in range(4):
+            if n:
+                self.more[n - 1].wait(30)
+            event = f"id: {n}\ndata: event {n}\n\n".encode()
+            conn.sendall(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+        conn.sendall(b"0\r\n\r\n")
+
+    def server(self, app: str) -> Server:
+        task_id = f"{app}.web.1.v1.stream"
+        return Server(routes.server_name(task_id), "127.0.0.1", self.port, task_id)
+
+    def stop(self) -> None:
+        for event in self.more:
+            event.set()
+        self._sock.close()
+
+
+@pytest.fixture
+def stream_app() -> Iterator[StreamApp]:
+    app = StreamApp()
+    yield app
+    app.stop()
+
+
+def _stream_table(app: StreamApp) -> Table:
+    task = Task(
+        id="live.web.1.v1.stream",
+        app="live",
+        process="web",
+        index=1,
+        release=1,
+        state="running",
+        hostname="127.0.0.1",
+        port=app.port,
+    )
+    return routes.build({"live": []}, [task], {}, "localhost")
+
+
+def test_a_websocket_is_upgraded_and_outlives_the_server_timeout(
+    make_router: Callable[..., Router], stream_app: StreamApp
+) -> None:
+    router = make_router(timeout_server=1)
+    router.apply(_stream_table(stream_app))
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: live.localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            + f"Sec-WebSocket-Key: {key}\r\n\r\n".encode()
+        )
+        status, *lines = _read_head(sock).decode("latin-1").strip().split("\r\n")
+        assert status.startswith("HTTP/1.1 101"), status
+        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+        assert headers["sec-websocket-accept"] == _ws_accept(key)
+        sock.sendall(_ws_frame(b"hello", masked=True))
+        assert _ws_read(sock) == (1, False, b"echo: hello")
+        # idle for longer than `timeout server`: a tunnel has its own, longer timeout
+        threading.Event().wait(2.5)
+        sock.sendall(_ws_frame(b"still there?", masked=True))
+        assert _ws_read(sock) == (1, False, b"echo: still there?")
+        sock.sendall(_ws_frame(b"", masked=True, opcode=8))
+        assert _ws_read(sock)[0] == 8
+    assert stream_app.headers["x-forwarded-proto"] == "http"
+
+
+def test_server_sent_events_arrive_one_by_one(
+    make_router: Callable[..., Router], stream_app: StreamApp
+) -> None:
+    """Each event reaches the client while the app still holds back the next one: nothing
+    between them buffers the stream."""
+    router = make_router()
+    router.apply(_stream_table(stream_app))
+    with router.get("live.localhost", "/events", stream=True) as reply:
+        assert reply.status_code == 200
+        assert reply.headers["Content-Type"] == "text/event-stream"
+        lines = reply.iter_lines(chunk_size=1, decode_unicode=True)
+        for n in range(4):
+            assert next(lines) == f"id: {n}"
+            assert next(lines) == f"data: event {n}"
+            assert next(lines) == ""
+            if n < 3:
+                stream_app.more[n].set()  # only now may the app send the next event
+
+
+def test_an_app_s_own_timeout_gives_its_504(
+    make_router: Callable[..., Router], make_app: Callable[[str], App]
+) -> None:
+    """`routing:set timeout=1` for one app: its slow answer is a 504 after 1 s, while the
+    router's default (30 s) still holds for the other app, which gets its slow answer."""
+    quick, patient = make_app("quick-a"), make_app("patient-a")
+    router = make_router()
+    tasks = [task("quick", quick), task("patient", patient)]
+    wanted = routes.build(
+        ["quick", "patient"], tasks, {}, "localhost", routing={"quick": routes.Routing(timeout=1)}
+    )
+    router.apply(wanted)
+    try:
+        reply = router.get("quick.localhost", "/hold")
+    finally:
+        quick.release.set()
+    assert reply.status_code == 504
+    assert "did not start answering within 1 second." in reply.text
+    released = threading.Timer(2.0, patient.release.set)  # longer than quick's timeout
+    released.start()
+    try:
+        slow = router.get("patient.localhost", "/hold")
+    finally:
+        released.cancel()
+        patient.release.set()
+    assert slow.status_code == 200
+    assert slow.text == "patient-a"

@@ -31,7 +31,12 @@ def test_server_supervises_the_api(zookeeper: ZooKeeper, chroot: str, tmp_path: 
             pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[2].decode()
             for pid in children
         }
-        assert sorted(commands.values()) == ["berth.api", "berth.framework", "berth.router"]
+        assert sorted(commands.values()) == [
+            "berth.api",
+            "berth.api.logd",
+            "berth.framework",
+            "berth.router",
+        ]
         api_pid = next(pid for pid, module in commands.items() if module == "berth.api")
         os.kill(int(api_pid), signal.SIGKILL)
         time.sleep(0.5)

@@ -98,8 +98,16 @@ class BerthApi:
     """`berth api` (or `berth server`) as a real process, on its own port, data dir and chroot."""
 
     def __init__(
-        self, zk_hosts: str, chroot: str, data_dir: Path, log_path: Path, command: str = "api"
+        self,
+        zk_hosts: str,
+        chroot: str,
+        data_dir: Path,
+        log_path: Path,
+        command: str = "api",
+        env: dict[str, str] | None = None,
     ) -> None:
+        """`env`: BERTH_* variables for the process (the caller's own are not passed on)."""
+        self.extra_env = dict(env or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.zk = f"{zk_hosts}{chroot}"
@@ -108,6 +116,7 @@ class BerthApi:
         self.command = command
         # `berth server` also runs the router: its HAProxy on a port of its own
         self.http_port = free_port() if command == "server" else 0
+        self.logs_port = free_port()  # `berth server` runs berth logd there
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -117,6 +126,7 @@ class BerthApi:
 
     def start(self, timeout: float = 30.0) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+        env.update(self.extra_env)
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 [
@@ -127,6 +137,7 @@ class BerthApi:
                     f"--data-dir={self.data_dir}",
                     f"--zk={self.zk}",
                     f"--api-addr=127.0.0.1:{self.port}",
+                    f"--logs-addr=127.0.0.1:{self.logs_port}",
                     *([f"--http-addr=127.0.0.1:{self.http_port}"] if self.http_port else []),
                 ],
                 stdout=log,
@@ -249,10 +260,22 @@ class BerthRouter:
     keeps HAProxy running when it stops (by design); `stop()` stops both."""
 
     def __init__(
-        self, zk_hosts: str, chroot: str, data_dir: Path, log_path: Path, domain: str = "localhost"
+        self,
+        zk_hosts: str,
+        chroot: str,
+        data_dir: Path,
+        log_path: Path,
+        domain: str = "localhost",
+        *,
+        https: bool = False,
+        extra_args: tuple[str, ...] = (),
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        """`https`: also serve HTTPS, on `https_port`; `extra_args`: more `berth router`
+        flags (ACME's, say); `port`: the HTTP port (a free one by default)."""
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.https_port = free_port() if https else 0
         self.run_dir = data_dir / "router"
         self.argv = [
             sys.executable,
@@ -263,6 +286,8 @@ class BerthRouter:
             f"--zk={zk_hosts}{chroot}",
             f"--domain={domain}",
             f"--http-addr=127.0.0.1:{self.port}",
+            *([f"--https-addr=127.0.0.1:{self.https_port}"] if https else []),
+            *extra_args,
         ]
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from berth.framework.errors import Invalid
-from berth.framework.model import Task
+from berth.framework.model import Task, TcpRoute
 from berth.router import pages
 from berth.router.haproxy import (
     ConfigError,
@@ -29,7 +29,7 @@ from berth.router.haproxy import (
     write_atomically,
     write_pages,
 )
-from berth.router.table import Table, build
+from berth.router.table import Routing, Table, build, diff
 from tests.conftest import need
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -38,11 +38,13 @@ CONFIG = RouterConfig(http_addr="0.0.0.0:80", run_dir=Path("/run/berth/router"))
 
 
 def golden_table(agent_3: str = "agent-3.cluster.internal") -> Table:
-    def web(app: str, n: int, host: str, port: int, state: str = "running") -> Task:
+    def web(
+        app: str, n: int, host: str, port: int, state: str = "running", process: str = "web"
+    ) -> Task:
         return Task(
-            id=f"{app}.web.{n}.v3.{n:032x}",
+            id=f"{app}.{process}.{n}.v3.{n:032x}",
             app=app,
-            process="web",
+            process=process,
             index=n,
             release=3,
             state=state,
@@ -56,6 +58,13 @@ def golden_table(agent_3: str = "agent-3.cluster.internal") -> Table:
         web("blog", 2, "10.0.0.2", 31002, state="killing"),  # draining
         web("shop", 1, agent_3, 31003),  # a host name, not an address
         web("shop", 2, "fd00::3", 31004),
+        web("shop", 1, "10.0.0.1", 31005, process="db"),
+        web("shop", 2, "10.0.0.2", 31006, state="killing", process="db"),  # draining
+    ]
+    tcp_routes = [  # TCP routes: no PROXY header, v1, v2 (to a process with no task)
+        TcpRoute(port=5432, app="shop", process="db", proxy_protocol=None, created_at=""),
+        TcpRoute(port=5433, app="shop", process="db", proxy_protocol="v1", created_at=""),
+        TcpRoute(port=6379, app="blog", process="cache", proxy_protocol="v2", created_at=""),
     ]
     domains = {
         "www.blog.test": "blog",
@@ -63,7 +72,8 @@ def golden_table(agent_3: str = "agent-3.cluster.internal") -> Table:
         "*.eu.blog.test": "shop",
         "shop.test": "shop",
     }
-    return build(["blog", "shop", "idle"], tasks, domains, "apps.example.com")
+    routing = {"blog": Routing(timeout=90, https_only=True)}  # no HTTPS here: no redirect
+    return build(["blog", "shop", "idle"], tasks, domains, "apps.example.com", tcp_routes, routing)
 
 
 def compare_with_golden(name: str, text: str) -> None:
@@ -122,10 +132,17 @@ def test_every_server_line_has_the_options_add_server_sends() -> None:
     """HAProxy gives servers added at run time no default-server options, so the rendered
     lines spell out exactly what `Runtime.add_server` sends."""
     table = golden_table()
-    lines = render(table, CONFIG).splitlines()
-    for backend in table.backends.values():
-        for server in backend.servers:
-            [line] = [x for x in lines if x.startswith(f"    server {server.name} ")]
+    text = render(table, CONFIG)
+    lines = text.splitlines()
+    sections = {s.splitlines()[0]: s.splitlines() for s in text.split("\n\n") if s.strip()}
+    proxies = [
+        *((f"backend {b.name}", b.servers) for b in table.backends.values()),
+        *((f"listen {x.name}", x.servers) for x in table.listeners.values()),
+    ]
+    for header, servers in proxies:
+        for server in servers:
+            section = sections[header]
+            [line] = [x for x in section if x.startswith(f"    server {server.name} ")]
             assert f" {server_options(server)}" in line
             assert line.split(" weight ")[1].split()[0] == ("0" if server.draining else "100")
     assert "default-server" not in "\n".join(lines)
@@ -243,7 +260,7 @@ def haproxy_binary() -> str:
 
 
 def write_all(table: Table, config: RouterConfig) -> None:
-    write_pages(config)
+    write_pages(config, table)
     for name, text in render_maps(table).items():
         write_atomically(config.run_dir / name, text)
     write_atomically(config.config_path, render(table, config))
@@ -280,3 +297,45 @@ def test_validate_reports_haproxy_s_words(haproxy_binary: str, tmp_path: Path) -
     assert str(broken) in caught.value.message
     with pytest.raises(ConfigError, match="could not run"):
         validate(broken, str(tmp_path / "no-haproxy-here"))
+
+
+@pytest.mark.parametrize(
+    ("https_addr", "redirect"),
+    [
+        (None, None),
+        ("0.0.0.0:443", "http-request redirect scheme https code 308 unless { ssl_fc }"),
+        (
+            "127.0.0.1:8443",
+            "http-request redirect location https://%[var(txn.host)]:8443%[pathq]"
+            " code 308 unless { ssl_fc }",
+        ),
+    ],
+)
+def test_an_app_s_routing_settings_are_its_backend_s(
+    https_addr: str | None, redirect: str | None
+) -> None:
+    config = RouterConfig(http_addr="0.0.0.0:80", run_dir=Path("/run/b"), https_addr=https_addr)
+    table = build(
+        ["plain", "strict"],
+        [],
+        {},
+        "example.com",
+        routing={"strict": Routing(timeout=120, https_only=True)},
+    )
+    text = render(table, config)
+    strict = text.split("backend app_strict\n")[1].split("\n\n")[0]
+    plain = text.split("backend app_plain\n")[1].split("\n\n")[0]
+    assert "    timeout server 120s" in strict.splitlines()
+    assert "timeout" not in plain
+    assert "redirect" not in plain
+    if redirect is None:
+        assert "redirect" not in strict
+    else:
+        assert f"    {redirect}" in strict.splitlines()
+
+
+def test_changing_an_app_s_routing_settings_is_structural() -> None:
+    before = build(["a"], [], {}, "example.com")
+    after = build(["a"], [], {}, "example.com", routing={"a": Routing(timeout=5)})
+    assert diff(before, after).structural
+    assert not diff(after, after).structural

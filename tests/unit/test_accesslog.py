@@ -1,0 +1,76 @@
+"""HAProxy access lines → records of the app's log (router/accesslog.py), and the socket
+HAProxy sends them to."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+from berth.framework.loglines import Record, validate
+from berth.router.accesslog import AccessLog, Stamps, parse
+
+TEXT = (
+    'request_id=abc client=10.0.0.9 method=GET host=shop.example.com path="/a \\"b\\"" '
+    "status=200 bytes=512 duration_ms=3 connect_ms=0 response_ms=2 termination=---- retries=0"
+)
+MICROS = 1_764_741_600_123_456  # 2025-12-03T06:00:00.123456Z
+HTTP = f"{MICROS} app_shop shop.web.2.v7.0a1b2c3d {TEXT}"
+
+
+def test_an_http_line_names_its_app_task_and_time() -> None:
+    record = parse(HTTP)
+    assert record == Record(
+        "2025-12-03T06:00:00.123456Z", "shop", "router", "web.2", "stdout", TEXT
+    )
+    validate(record)
+
+
+def test_a_503_without_a_server_still_belongs_to_its_app() -> None:
+    record = parse(f"{MICROS} app_idle <NOSRV> request_id=x status=503")
+    assert record is not None
+    assert (record.app, record.process, record.text) == ("idle", "", "request_id=x status=503")
+
+
+def test_a_tcp_line_is_known_by_its_server_and_an_unknown_host_by_nobody() -> None:
+    tcp = parse(f"{MICROS} tcp_5432 shop.db.1.v3.ff tcp client=1.2.3.4:5 bytes_in=10")
+    assert tcp is not None
+    assert (tcp.app, tcp.process, tcp.text) == ("shop", "db.1", "tcp client=1.2.3.4:5 bytes_in=10")
+    assert parse(f"{MICROS} tcp_5432 <NOSRV> tcp client=1.2.3.4:5 bytes_in=0") is None
+    assert parse(f"{MICROS} berth_not_found <NOSRV> request_id=y status=404") is None
+    assert parse("app_shop shop.web.2.v7.0a status=200") is None  # no time first
+    assert parse("garbage") is None
+    assert parse("") is None
+
+
+def test_stamps_format_each_second_once_and_every_microsecond() -> None:
+    stamps = Stamps()
+    assert stamps.format(MICROS) == "2025-12-03T06:00:00.123456Z"
+    assert stamps.format(MICROS + 1) == "2025-12-03T06:00:00.123457Z"
+    assert stamps.format(MICROS + 999_999) == "2025-12-03T06:00:01.123455Z"
+    assert stamps.format(0) == "1970-01-01T00:00:00.000000Z"
+
+
+def test_datagrams_reach_the_ship_function_in_batches(tmp_path: Path) -> None:
+    got: list[Record] = []
+    arrived = threading.Event()
+
+    def ship(records: list[Record]) -> None:
+        got.extend(records)
+        if len(got) >= 3:
+            arrived.set()
+
+    path = tmp_path / "access.sock"
+    path.touch()  # a leftover file is replaced
+    access = AccessLog(path, ship, dropped=lambda: 0).start()
+    try:
+        assert path.stat().st_mode & 0o777 == 0o600
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"not an access line\n", str(path))
+            for _ in range(3):
+                sender.sendto(HTTP.encode() + b"\n", str(path))
+        assert arrived.wait(10)
+    finally:
+        access.stop()
+    assert [(r.app, r.process, r.text) for r in got] == [("shop", "web.2", TEXT)] * 3
+    assert access.received == 4
