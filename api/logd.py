@@ -52,7 +52,7 @@ import click
 
 from berth.api import drains
 from berth.api.logstore import MIN_MAX_BYTES, LogStore
-from berth.framework import jsonlog, logship
+from berth.framework import accesslines, jsonlog, logship
 from berth.framework.errors import BadRequest, BerthError, Invalid, NotFound, Unauthorized
 from berth.framework.loglines import (
     STREAMS,
@@ -86,6 +86,8 @@ class Logd:
         self.store = store
         self._key = key
         self.hub = hub
+        self._stamps = accesslines.Stamps()  # handler threads share it, under the lock
+        self._stamps_lock = threading.Lock()
         self.stopping = threading.Event()
 
     def grant(self, header: str) -> Grant:
@@ -126,6 +128,36 @@ class Logd:
             log.warning("the platform's log shipper dropped lines", extra={"lines": dropped})
         accepted = sum(self.store.app(name).ingest(records) for name, records in by_app.items())
         return {"accepted": accepted, "dropped": len(raw) - accepted}
+
+    def ingest_access(self, grant: Grant, body: bytes) -> dict[str, int]:
+        """The router's access lines, as HAProxy wrote them, one per line
+        (framework/accesslines.py); lines of no app are skipped, bad ones counted."""
+        if grant.kind != "platform":
+            raise Forbidden("only the platform may write access lines")
+        by_app: dict[str, list[Record]] = {}
+        skipped = 0
+        with self._stamps_lock:
+            parsed = [
+                accesslines.parse(line, self._stamps)
+                for line in body.decode("utf-8", "replace").split("\n")
+            ]
+        for record in parsed:
+            if record is None:
+                skipped += 1
+                continue
+            try:
+                validate(record)
+            except Invalid:
+                skipped += 1
+                continue
+            by_app.setdefault(record.app, []).append(record)
+        accepted = 0
+        for name, records in by_app.items():
+            try:
+                accepted += self.store.app(name).ingest(records)
+            except Invalid:  # not an app name
+                skipped += len(records)
+        return {"accepted": accepted, "skipped": skipped}
 
     def _task_records(self, grant: Grant, lines: Any) -> list[Record]:
         if not isinstance(lines, list):
@@ -194,7 +226,7 @@ class Handler(BaseHTTPRequestHandler):
             log.info("history deleted", extra={"app": app})
             self._json(200, {"forgotten": app})
             return
-        if path != "/v1/ingest":
+        if path not in ("/v1/ingest", "/v1/ingest/access"):
             raise NotFound("no such route")
         grant = logd.grant(self.headers.get("Authorization", ""))
         length = self.headers.get("Content-Length", "")
@@ -204,6 +236,9 @@ class Handler(BaseHTTPRequestHandler):
             self._json(413, {"error": {"code": "too_large", "message": "batch over 8 MiB"}})
             return
         raw = self.rfile.read(int(length))
+        if path == "/v1/ingest/access":
+            self._json(200, logd.ingest_access(grant, raw))
+            return
         try:
             body = json.loads(raw)
         except ValueError:

@@ -86,7 +86,6 @@ class Shipper:
         max_records: int = 10_000,
         max_bytes: int = 8 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
-        nice: int = 0,
     ) -> None:
         self._endpoint = http1.Endpoint.parse(url)
         self._token = token
@@ -94,7 +93,6 @@ class Shipper:
         self._max_records = max_records
         self._max_bytes = max_bytes
         self._clock = clock
-        self._nice = nice  # added to the sending thread's niceness (Linux: per thread)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: deque[Record] = deque()
@@ -126,11 +124,6 @@ class Shipper:
         ts = timestamp(self._clock())
         texts = split_line(text.encode())
         self._add([Record(ts, app, source, process, "stdout", t) for t in texts])
-
-    def put_records(self, records: list[Record]) -> None:
-        """Whole records (the platform shipper: the router's access lines), each at most
-        MAX_TEXT_BYTES of text. Never blocks."""
-        self._add(records)
 
     def _add(self, records: list[Record]) -> None:
         with self._lock:
@@ -206,9 +199,6 @@ class Shipper:
         return json.dumps({"dropped": dropped, "records": [r.to_json() for r in batch]}).encode()
 
     def _run(self) -> None:
-        if self._nice:
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
         backoff = BACKOFF_START
         while (taken := self._take()) is not None:
             batch, dropped = taken

@@ -2,24 +2,17 @@
 
 HAProxy logs one line per HTTP request and per TCP connection (formats in haproxy.py's
 `render`) as datagrams to a unix socket in the run directory, `access.sock`, which this module
-binds. A thread of its own ("access-log") reads them, finds the app and the task each line is
-about, and hands them to a platform `Shipper` (framework/logship.py), which batches them to
-`berth logd` without ever blocking. So HAProxy never waits on Python: datagrams it cannot send
-(the controller is restarting, the socket buffer is full under a flood) are dropped by the
-kernel, never queued in HAProxy; the lines a full Shipper drops are counted and reported in
-the app's log by logd.
+binds. A thread of its own ("access-log") reads them and a `Forwarder` posts them, as HAProxy
+wrote them, in batches to `berth logd` (`/v1/ingest/access`, the platform token), which turns
+each into a record of its app (framework/accesslines.py). The router does no per-line work but
+reading: Python's CPU per request is what decides how close the router comes to nginx.
 
-Which app: the backend `app_<name>` of an HTTP line, else the task the server name is
-(server names are task ids, table.py's `server_name`: `<app>.<process>.<index>.v<N>.<hex>`).
-A request for an unknown host (the 404 backend) belongs to no app and is not shipped.
-
-Cost: HAProxy starts each line with its time in epoch microseconds, the backend and the
-server (haproxy.py's log formats), so a line is three `partition`s and a record here
-(timestamps formatted once per second); datagrams waiting together go to the Shipper as one
-batch. The Shipper's thread (like this one) runs at nice 10: when the machine is saturated,
-HAProxy keeps the CPU, the socket's buffer fills, and the kernel refuses further datagrams;
-HAProxy counts them (`show info`, DroppedLogs), and this thread reads the counter every 10 s
-and logs how many were lost (in the router's own log: which apps they were for is not known).
+HAProxy never waits on Python: datagrams it cannot send (the controller is restarting, the
+socket's buffer is full because the machine is saturated) are refused by the kernel, and
+HAProxy counts them (`show info`, DroppedLogs). This thread and the Forwarder's run at nice 10,
+so under saturation HAProxy keeps the CPU. Lost lines are counted, never silent: HAProxy's
+counter is read every 10 s, the Forwarder counts what its bounded buffer could not take or logd
+refused, and both are logged in the router's own log (which apps they were for is unknown).
 """
 
 from __future__ import annotations
@@ -31,11 +24,11 @@ import select
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
-from berth.framework.loglines import Record
+from berth.framework import http1
 
 log = logging.getLogger(__name__)
 
@@ -43,56 +36,141 @@ SOCKET_NAME = "access.sock"
 MAX_DATAGRAM = 16384
 BATCH = 500  # datagrams read in one go at most
 CHECK_DROPS = 10.0  # seconds between reading HAProxy's dropped-lines counter
-NICE = 10  # the thread yields the CPU to HAProxy when both want it (see the module doc)
+NICE = 10  # the threads yield the CPU to HAProxy when both want it (see the module doc)
+INGEST_PATH = "/v1/ingest/access"
+LINGER = 0.05  # seconds a batch may wait for more lines
+MAX_BATCH_BYTES = 1024 * 1024
+BACKOFF_START, BACKOFF_MAX = 0.2, 10.0
 
-Ship = Callable[[list[Record]], None]  # a batch of records for the app logs
-
-
-class Stamps:
-    """RFC 3339 timestamps (µs) from HAProxy's epoch microseconds, cheaply: the part up to the
-    second is formatted once per second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-
-    def format(self, micros: int) -> str:
-        second, fraction = divmod(micros, 1_000_000)
-        if second != self._second:
-            self._second = second
-            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        return f"{self._prefix}{fraction:06d}Z"
+Forward = Callable[[list[bytes]], None]  # a batch of access lines, as HAProxy wrote them
 
 
-def parse(line: str, stamps: Stamps | None = None) -> Record | None:
-    """The app log record for one HAProxy access line `EPOCH_US BACKEND SERVER TEXT…`
-    (haproxy.py's log formats start so), or None if it belongs to no app."""
-    micros, _, rest = line.partition(" ")
-    backend, _, rest = rest.partition(" ")
-    server, _, text = rest.partition(" ")
-    if not micros.isdigit() or not text:
-        return None
-    parts = server.split(".", 4)
-    task = len(parts) == 5 and parts[2].isdigit() and parts[3].startswith("v")
-    process = f"{parts[1]}.{parts[2]}" if task else ""
-    if backend.startswith("app_"):
-        app = backend[4:]
-    elif task:
-        app = parts[0]
-    else:
-        return None
-    ts = (stamps or Stamps()).format(int(micros))
-    return Record(ts, app, "router", process, "stdout", text)
+def _nice() -> None:
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+
+
+class Forwarder:
+    """A bounded buffer of access lines and the thread that posts them to logd. `put` never
+    blocks: what does not fit is counted (`dropped`) and logged."""
+
+    def __init__(
+        self, url: str, token: str, *, max_lines: int = 50_000, max_bytes: int = 8 << 20
+    ) -> None:
+        self._endpoint = http1.Endpoint.parse(url)
+        self._token = token
+        self._max_lines = max_lines
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._lines: deque[bytes] = deque()
+        self._bytes = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="access-forward", daemon=True)
+        self.forwarded = 0
+        self.dropped = 0
+
+    def start(self) -> Forwarder:
+        self._thread.start()
+        return self
+
+    def put(self, lines: list[bytes]) -> None:
+        with self._lock:
+            was_empty = not self._lines
+            for line in lines:
+                if len(self._lines) >= self._max_lines or self._bytes + len(line) > self._max_bytes:
+                    self.dropped += 1
+                    continue
+                self._lines.append(line)
+                self._bytes += len(line)
+            if was_empty:
+                self._wake.notify()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        if self.dropped:
+            log.warning("access lines dropped by the router", extra={"lines": self.dropped})
+
+    def _take(self) -> list[bytes] | None:
+        with self._lock:
+            while not self._lines and not self._stopping:
+                self._wake.wait()
+            if not self._lines:
+                return None
+            if not self._stopping:  # let the burst gather: one POST for many lines
+                self._wake.wait(LINGER)
+            batch: list[bytes] = []
+            size = 0
+            while self._lines and size < MAX_BATCH_BYTES:
+                line = self._lines.popleft()
+                batch.append(line)
+                size += len(line) + 1
+            self._bytes -= size - len(batch)
+            return batch
+
+    def _run(self) -> None:
+        _nice()
+        backoff = BACKOFF_START
+        reported = 0
+        while (batch := self._take()) is not None:
+            body = b"\n".join(batch)
+            while True:
+                status = self._post(body)
+                if status is not None and status < 500:
+                    break
+                with self._lock:
+                    if self._stopping:
+                        self.dropped += len(batch)
+                        return
+                time.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            backoff = BACKOFF_START
+            if status == 200:
+                self.forwarded += len(batch)
+            else:
+                self.dropped += len(batch)
+                log.error("logd refused a batch of access lines", extra={"status": status})
+            if self.dropped > reported:
+                log.warning(
+                    "access lines dropped: the router's buffer was full or logd away",
+                    extra={"lines": self.dropped - reported, "total": self.dropped},
+                )
+                reported = self.dropped
+
+    def _post(self, body: bytes) -> int | None:
+        try:
+            with http1.request(
+                self._endpoint,
+                "POST",
+                INGEST_PATH,
+                body=body,
+                headers={
+                    "Authorization": f"Bearer {self._token}",
+                    "Content-Type": "text/plain; charset=utf-8",
+                },
+                connect_timeout=2.0,
+                timeout=15.0,
+            ) as response:
+                response.read(64 * 1024)
+                return response.status
+        except OSError as e:
+            log.debug("logd not reachable for access lines: %s", e)
+            return None
 
 
 class AccessLog:
-    """Binds `path` and ships what HAProxy sends there until `stop`."""
+    """Binds `path` and forwards what HAProxy sends there until `stop`."""
 
-    def __init__(self, path: Path, ship: Ship, dropped: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self, path: Path, forward: Forward, dropped: Callable[[], int] | None = None
+    ) -> None:
         """`dropped`: HAProxy's count of log lines it could not send (checked every
         `CHECK_DROPS` seconds; an increase is logged as a warning)."""
         self._path = path
-        self._ship = ship
+        self._forward = forward
         self._dropped = dropped
         self._dropped_seen = 0
         self._checked_at = time.monotonic()
@@ -124,9 +202,7 @@ class AccessLog:
 
     def _run(self) -> None:
         assert self._sock is not None
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
-        stamps = Stamps()
+        _nice()
         while not self._stop.is_set():
             datagrams: list[bytes] = []
             try:
@@ -135,25 +211,15 @@ class AccessLog:
                 # whatever is waiting goes in one batch: one lock, one hand-over
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     while len(datagrams) < BATCH:
-                        datagrams.append(self._sock.recv(MAX_DATAGRAM))
+                        datagrams.append(self._sock.recv(MAX_DATAGRAM).rstrip(b"\n"))
             except OSError as e:
                 log.warning("access log socket failed: %s", e)
                 return
-            if not datagrams:
-                continue
-            self.received += len(datagrams)
+            if datagrams:
+                self.received += len(datagrams)
+                self._forward(datagrams)
             if time.monotonic() - self._checked_at > CHECK_DROPS:
                 self._check_drops()
-            try:
-                records = []
-                for data in datagrams:
-                    record = parse(data.decode("utf-8", "replace").rstrip("\n"), stamps)
-                    if record is not None:
-                        records.append(record)
-                if records:
-                    self._ship(records)
-            except Exception:  # a bad line must not end the access log
-                log.exception("access lines not shipped")
 
     def _check_drops(self) -> None:
         self._checked_at = time.monotonic()

@@ -45,14 +45,13 @@ import click
 from berth.framework import jsonlog, logship
 from berth.framework.errors import BerthError
 from berth.framework.loglines import platform_token
-from berth.framework.logship import Shipper
 from berth.framework.model import TcpRoute
 from berth.framework.options import settings_options
 from berth.framework.sealing import Sealer, load_or_create_key
 from berth.framework.settings import Settings
 from berth.framework.state import Store, connect
 from berth.router import table as routes
-from berth.router.accesslog import NICE, AccessLog
+from berth.router.accesslog import AccessLog, Forwarder
 from berth.router.acme import LETS_ENCRYPT, AcmeSettings, Issuer
 from berth.router.haproxy import (
     HAProxy,
@@ -472,19 +471,16 @@ def command(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     started = time.monotonic()
-    shipper: Shipper | None = None
+    forwarder: Forwarder | None = None
     access: AccessLog | None = None
     if config.access_log:
-        shipper = Shipper(
-            settings.logs_url,
-            platform_token(logship.load_or_create_key(settings.data_dir)),
-            max_records=50_000,
-            nice=NICE,
+        forwarder = Forwarder(
+            settings.logs_url, platform_token(logship.load_or_create_key(settings.data_dir))
         ).start()
         config.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         access = AccessLog(
             config.access_socket,
-            shipper.put_records,
+            forwarder.put,
             Runtime(config.admin_socket, timeout=1.0).dropped_logs,
         ).start()
     try:
@@ -493,8 +489,8 @@ def command(
         stop.set()
         if access is not None:
             access.stop()
-        if shipper is not None:
-            shipper.close(2.0)
+        if forwarder is not None:
+            forwarder.stop(2.0)
         issuing.join(5.0)
         if issuing.is_alive():
             log.warning("acme issuer still waiting on the CA; abandoning its order")

@@ -1,14 +1,18 @@
-"""HAProxy access lines → records of the app's log (router/accesslog.py), and the socket
-HAProxy sends them to."""
+"""HAProxy access lines → records of the app's log (framework/accesslines.py, which logd
+uses), the socket HAProxy sends them to and the forwarder to logd (router/accesslog.py)."""
 
 from __future__ import annotations
 
 import socket
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+from berth.framework.accesslines import Stamps, parse
 from berth.framework.loglines import Record, validate
-from berth.router.accesslog import AccessLog, Stamps, parse
+from berth.router.accesslog import AccessLog, Forwarder
+from tests.support.services import free_port
 
 TEXT = (
     'request_id=abc client=10.0.0.9 method=GET host=shop.example.com path="/a \\"b\\"" '
@@ -51,26 +55,75 @@ def test_stamps_format_each_second_once_and_every_microsecond() -> None:
     assert stamps.format(0) == "1970-01-01T00:00:00.000000Z"
 
 
-def test_datagrams_reach_the_ship_function_in_batches(tmp_path: Path) -> None:
-    got: list[Record] = []
+def test_datagrams_reach_the_forward_function_as_they_are(tmp_path: Path) -> None:
+    got: list[bytes] = []
     arrived = threading.Event()
 
-    def ship(records: list[Record]) -> None:
-        got.extend(records)
+    def forward(lines: list[bytes]) -> None:
+        got.extend(lines)
         if len(got) >= 3:
             arrived.set()
 
     path = tmp_path / "access.sock"
     path.touch()  # a leftover file is replaced
-    access = AccessLog(path, ship, dropped=lambda: 0).start()
+    access = AccessLog(path, forward, dropped=lambda: 0).start()
     try:
         assert path.stat().st_mode & 0o777 == 0o600
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
             sender.sendto(b"not an access line\n", str(path))
-            for _ in range(3):
+            for _ in range(2):
                 sender.sendto(HTTP.encode() + b"\n", str(path))
         assert arrived.wait(10)
     finally:
         access.stop()
-    assert [(r.app, r.process, r.text) for r in got] == [("shop", "web.2", TEXT)] * 3
-    assert access.received == 4
+    assert got == [b"not an access line", HTTP.encode(), HTTP.encode()]
+    assert access.received == 3
+
+
+class Collector:
+    """A stand-in logd on a real socket: records each POST's path, token and body."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, str, bytes]] = []
+        self.got = threading.Event()
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                collector.posts.append((self.path, self.headers["Authorization"], body))
+                collector.got.set()
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join()
+
+
+def test_the_forwarder_posts_batches_and_counts_what_does_not_fit() -> None:
+    collector = Collector()
+    forwarder = Forwarder(collector.url, "platform/x", max_lines=3).start()
+    try:
+        forwarder.put([b"one", b"two"])
+        assert collector.got.wait(10)
+        forwarder.put([b"a", b"b", b"c", b"d"])  # room for 3 while nothing is being sent
+    finally:
+        forwarder.stop(5)
+        collector.stop()
+    assert collector.posts[0] == ("/v1/ingest/access", "Bearer platform/x", b"one\ntwo")
+    bodies = b"\n".join(body for _, _, body in collector.posts[1:])
+    assert bodies == b"a\nb\nc"
+    assert forwarder.dropped == 1
+    assert forwarder.forwarded == 5
