@@ -87,7 +87,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -179,6 +179,23 @@ Watcher = Callable[[Any], None]  # a kazoo watch: called with a WatchedEvent
 
 def _release_path(app: str, version: int) -> str:
     return f"/apps/{app}/releases/{version:010d}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Claims:
+    """Names unique in the whole Berth, each owned by one app: `/<root>/<key>` holds the
+    record (the router reads these), `/apps/<app>/<index>/<key>` is the app's index of its
+    own, and the index's data version serialises one app's changes (Store._claim)."""
+
+    root: str
+    index: str
+    limit: int
+    singular: str
+    plural: str
+
+
+_DOMAINS = _Claims("/domains", "domains", MAX_DOMAINS_PER_APP, "domain", "custom domains")
+_TCP_ROUTES = _Claims("/tcp_routes", "tcp_routes", MAX_ROUTES_PER_APP, "TCP route", "TCP routes")
 
 
 class Store:
@@ -872,40 +889,44 @@ class Store:
             return []
         return names
 
-    def _domain_record(self, hostname: str) -> tuple[dict[str, Any], Any] | None:
+    def _record(self, path: str) -> tuple[dict[str, Any], Any] | None:
         try:
-            return self._get(f"/domains/{hostname}")
+            return self._get(path)
         except NoNodeError:
             return None
 
-    def add_domain(self, app: str, hostname: str) -> Domain:
-        """Route `hostname` (checked by model.validate_domain) to the app. Conflict if this app
-        or another one already has it; Invalid past MAX_DOMAINS_PER_APP."""
-        hostname = validate_domain(hostname)
-        index = f"/apps/{app}/domains"
+    def _claim(
+        self,
+        claims: _Claims,
+        app: str,
+        key: str,
+        prepare: Callable[[], dict[str, Any]],
+        taken: Callable[[object], str],
+        doing: str,
+    ) -> dict[str, Any]:
+        """Make `key` the app's in `claims` (a domain, a router port): one transaction that
+        creates `/<root>/<key>` (the record `prepare()` returns, plus an op id), the app's index
+        entry, and a CAS on the index's data version, which serialises one app's changes and
+        makes the cap exact. `prepare` runs on every attempt (it raises NotFound, Invalid);
+        Conflict with `taken(owner)` if any app has the key. Returns the record written."""
+        index = f"/apps/{app}/{claims.index}"
         for _ in range(_CAS_ATTEMPTS):
-            self.get_app(app)  # NotFound for the app comes first
-            domain = Domain(hostname=hostname, app=app, created_at=now())
-            op = uuid.uuid4().hex
-            with self._mapped(f"add domain {hostname} to {app}"):
-                found = self._domain_record(hostname)
+            record = {**prepare(), "app": app, "op": uuid.uuid4().hex}
+            with self._mapped(doing):
+                found = self._record(f"{claims.root}/{key}")
                 if found is not None:
-                    owner = found[0].get("app")
-                    if owner == app:
-                        raise Conflict(f"domain {hostname} is already added to {app}")
-                    raise Conflict(f"domain {hostname} is already used by app {owner}")
+                    raise Conflict(taken(found[0].get("app")))
                 try:
                     names, stat = self._zk.get_children_async(index, include_data=True).get(
                         timeout=self._timeout
                     )
                 except NoNodeError:
                     names, stat = [], None
-                if len(names) >= MAX_DOMAINS_PER_APP:
+                if len(names) >= claims.limit:
                     raise Invalid(
-                        f"app {app} has {len(names)} custom domains; the limit is"
-                        f" {MAX_DOMAINS_PER_APP}: remove one first"
+                        f"app {app} has {len(names)} {claims.plural}; the limit is"
+                        f" {claims.limit}: remove one first"
                     )
-                record = {"app": app, "created_at": domain.created_at, "op": op}
                 guard: Op = (
                     ("create", index, b"")
                     if stat is None
@@ -913,66 +934,89 @@ class Store:
                 )
                 ops: list[Op] = [
                     guard,
-                    ("create", f"{index}/{hostname}", b""),
-                    ("create", f"/domains/{hostname}", _dump(record)),
+                    ("create", f"{index}/{key}", b""),
+                    ("create", f"{claims.root}/{key}", _dump(record)),
                 ]
             try:
-                with self._mapped(f"add domain {hostname} to {app}"):
+                with self._mapped(doing):
                     failure = self._failure(self._commit(ops))
-            except Unavailable:
-                if self._domain_landed(hostname, op):
-                    return domain
+            except Unavailable:  # the answer was lost: did this attempt land?
+                with self._mapped(f"check whether {claims.singular} {key} was added"):
+                    after = self._record(f"{claims.root}/{key}")
+                if after is not None and after[0].get("op") == record["op"]:
+                    return record
                 raise
             if failure is None:
-                log.info("domain added", extra={"app": app, "domain": hostname})
-                return domain
-            # a concurrent change to the app's domains, the domain taken meanwhile, the app
+                return record
+            # a concurrent change to the app's index, the key taken meanwhile, the app
             # destroyed: read again, which says which
             if not isinstance(failure, BadVersionError | NodeExistsError | NoNodeError):
-                raise BerthError(f"could not add domain {hostname}: {type(failure).__name__}")
-        raise Conflict(f"the domains of {app} are changing too fast; try again")
+                raise BerthError(f"could not add {claims.singular} {key}: {type(failure).__name__}")
+        raise Conflict(f"the {claims.plural} of {app} are changing too fast; try again")
 
-    def _domain_landed(self, hostname: str, op: str) -> bool:
-        """After an add whose answer was lost: did this attempt create the domain?"""
-        with self._mapped(f"check whether domain {hostname} was added"):
-            found = self._domain_record(hostname)
-        return found is not None and found[0].get("op") == op
-
-    def remove_domain(self, app: str, hostname: str) -> None:
-        """Stop routing `hostname` to the app. NotFound unless the app has it: another app's
-        domain is never touched."""
-        hostname = validate_domain(hostname)
-        index = f"/apps/{app}/domains"
+    def _unclaim(self, claims: _Claims, app: str, key: str, missing: str) -> dict[str, Any]:
+        """Give up the app's `key` (NotFound with `missing` unless the app has it: another
+        app's is never touched); returns the record removed."""
+        index = f"/apps/{app}/{claims.index}"
+        doing = f"remove {claims.singular} {key} from {app}"
         for _ in range(_CAS_ATTEMPTS):
             self.get_app(app)
-            with self._mapped(f"remove domain {hostname} from {app}"):
-                found = self._domain_record(hostname)
+            with self._mapped(doing):
+                found = self._record(f"{claims.root}/{key}")
                 if found is None or found[0].get("app") != app:
-                    raise NotFound(f"app {app} has no domain {hostname}")
+                    raise NotFound(missing)
                 try:
                     _, index_stat = self._zk.get_async(index).get(timeout=self._timeout)
                 except NoNodeError:
                     continue  # the app is being destroyed: read again
                 ops: list[Op] = [
                     ("set_data", index, b"", index_stat.version),
-                    ("delete", f"{index}/{hostname}"),
-                    ("delete", f"/domains/{hostname}", found[1].version),
+                    ("delete", f"{index}/{key}"),
+                    ("delete", f"{claims.root}/{key}", found[1].version),
                 ]
             try:
-                with self._mapped(f"remove domain {hostname} from {app}"):
+                with self._mapped(doing):
                     failure = self._failure(self._commit(ops))
             except Unavailable:
-                with self._mapped(f"check whether domain {hostname} was removed"):
-                    after = self._domain_record(hostname)
+                with self._mapped(f"check whether {claims.singular} {key} was removed"):
+                    after = self._record(f"{claims.root}/{key}")
                 if after is None or after[0].get("app") != app:
-                    return  # it landed (or someone else removed it): the app has it no more
+                    return found[0]  # it landed (or the app went): the app has it no more
                 raise
             if failure is None:
-                log.info("domain removed", extra={"app": app, "domain": hostname})
-                return
+                return found[0]
             if not isinstance(failure, BadVersionError | NoNodeError):
-                raise BerthError(f"could not remove domain {hostname}: {type(failure).__name__}")
-        raise Conflict(f"the domains of {app} are changing too fast; try again")
+                raise BerthError(
+                    f"could not remove {claims.singular} {key}: {type(failure).__name__}"
+                )
+        raise Conflict(f"the {claims.plural} of {app} are changing too fast; try again")
+
+    def add_domain(self, app: str, hostname: str) -> Domain:
+        """Route `hostname` (checked by model.validate_domain) to the app. Conflict if this app
+        or another one already has it; Invalid past MAX_DOMAINS_PER_APP."""
+        hostname = validate_domain(hostname)
+
+        def prepare() -> dict[str, Any]:
+            self.get_app(app)  # NotFound for the app comes first
+            return {"created_at": now()}
+
+        def taken(owner: object) -> str:
+            if owner == app:
+                return f"domain {hostname} is already added to {app}"
+            return f"domain {hostname} is already used by app {owner}"
+
+        record = self._claim(
+            _DOMAINS, app, hostname, prepare, taken, f"add domain {hostname} to {app}"
+        )
+        log.info("domain added", extra={"app": app, "domain": hostname})
+        return Domain(hostname=hostname, app=app, created_at=record["created_at"])
+
+    def remove_domain(self, app: str, hostname: str) -> None:
+        """Stop routing `hostname` to the app. NotFound unless the app has it: another app's
+        domain is never touched."""
+        hostname = validate_domain(hostname)
+        self._unclaim(_DOMAINS, app, hostname, f"app {app} has no domain {hostname}")
+        log.info("domain removed", extra={"app": app, "domain": hostname})
 
     def domains(self, app: str) -> list[Domain]:
         """The app's custom domains, sorted by hostname."""
@@ -1020,12 +1064,6 @@ class Store:
             return []
         return sorted(int(n) for n in names if n.isdigit())
 
-    def _route_record(self, port: int) -> tuple[dict[str, Any], Any] | None:
-        try:
-            return self._get(f"/tcp_routes/{port}")
-        except NoNodeError:
-            return None
-
     @staticmethod
     def _route_from(port: int, data: Mapping[str, Any]) -> TcpRoute:
         return TcpRoute(
@@ -1044,109 +1082,41 @@ class Store:
         route on that port already."""
         port = validate_route_port(port)
         proxy = validate_proxy_protocol(proxy_protocol)
-        index = f"/apps/{app}/tcp_routes"
-        for _ in range(_CAS_ATTEMPTS):
+
+        def prepare() -> dict[str, Any]:
             # NotFound for the app comes first; then the process type against its release
             ptype = validate_process_type(process, self.get_release(app).process_types)
-            route = TcpRoute(
-                port=port, app=app, process=ptype, proxy_protocol=proxy, created_at=now()
-            )
-            op = uuid.uuid4().hex
-            with self._mapped(f"add TCP route {port} to {app}"):
-                found = self._route_record(port)
-                if found is not None:
-                    owner = found[0].get("app")
-                    if owner == app:
-                        raise Conflict(f"app {app} already has a TCP route on port {port}")
-                    raise Conflict(f"port {port} is already routed to app {owner}")
-                try:
-                    names, stat = self._zk.get_children_async(index, include_data=True).get(
-                        timeout=self._timeout
-                    )
-                except NoNodeError:
-                    names, stat = [], None
-                if len(names) >= MAX_ROUTES_PER_APP:
-                    raise Invalid(
-                        f"app {app} has {len(names)} TCP routes; the limit is"
-                        f" {MAX_ROUTES_PER_APP}: remove one first"
-                    )
-                record = {
-                    "app": app,
-                    "process": ptype,
-                    "proxy_protocol": proxy,
-                    "created_at": route.created_at,
-                    "op": op,
-                }
-                guard: Op = (
-                    ("create", index, b"")
-                    if stat is None
-                    else ("set_data", index, b"", stat.version)
-                )
-                ops: list[Op] = [
-                    guard,
-                    ("create", f"{index}/{port}", b""),
-                    ("create", f"/tcp_routes/{port}", _dump(record)),
-                ]
-            try:
-                with self._mapped(f"add TCP route {port} to {app}"):
-                    failure = self._failure(self._commit(ops))
-            except Unavailable:
-                with self._mapped(f"check whether TCP route {port} was added"):
-                    after = self._route_record(port)
-                if after is not None and after[0].get("op") == op:
-                    return route
-                raise
-            if failure is None:
-                log.info(
-                    "tcp route added",
-                    extra={
-                        "app": app,
-                        "port": port,
-                        "process_type": ptype,
-                        "proxy_protocol": proxy,
-                    },
-                )
-                return route
-            if not isinstance(failure, BadVersionError | NodeExistsError | NoNodeError):
-                raise BerthError(f"could not add TCP route {port}: {type(failure).__name__}")
-        raise Conflict(f"the TCP routes of {app} are changing too fast; try again")
+            return {"process": ptype, "proxy_protocol": proxy, "created_at": now()}
+
+        def taken(owner: object) -> str:
+            if owner == app:
+                return f"app {app} already has a TCP route on port {port}"
+            return f"port {port} is already routed to app {owner}"
+
+        record = self._claim(
+            _TCP_ROUTES, app, str(port), prepare, taken, f"add TCP route {port} to {app}"
+        )
+        route = self._route_from(port, record)
+        log.info(
+            "tcp route added",
+            extra={
+                "app": app,
+                "port": port,
+                "process_type": route.process,
+                "proxy_protocol": proxy,
+            },
+        )
+        return route
 
     def remove_tcp_route(self, app: str, port: object) -> TcpRoute:
         """Stop routing `port` to the app; returns the route removed. NotFound unless the app
         has a route there: another app's route is never touched."""
         port = validate_route_port(port)
-        index = f"/apps/{app}/tcp_routes"
-        for _ in range(_CAS_ATTEMPTS):
-            self.get_app(app)
-            with self._mapped(f"remove TCP route {port} from {app}"):
-                found = self._route_record(port)
-                if found is None or found[0].get("app") != app:
-                    raise NotFound(f"app {app} has no TCP route on port {port}")
-                try:
-                    _, index_stat = self._zk.get_async(index).get(timeout=self._timeout)
-                except NoNodeError:
-                    continue  # the app is being destroyed: read again
-                ops: list[Op] = [
-                    ("set_data", index, b"", index_stat.version),
-                    ("delete", f"{index}/{port}"),
-                    ("delete", f"/tcp_routes/{port}", found[1].version),
-                ]
-            route = self._route_from(port, found[0])
-            try:
-                with self._mapped(f"remove TCP route {port} from {app}"):
-                    failure = self._failure(self._commit(ops))
-            except Unavailable:
-                with self._mapped(f"check whether TCP route {port} was removed"):
-                    after = self._route_record(port)
-                if after is None or after[0].get("app") != app:
-                    return route  # it landed (or the app was destroyed): gone either way
-                raise
-            if failure is None:
-                log.info("tcp route removed", extra={"app": app, "port": port})
-                return route
-            if not isinstance(failure, BadVersionError | NoNodeError):
-                raise BerthError(f"could not remove TCP route {port}: {type(failure).__name__}")
-        raise Conflict(f"the TCP routes of {app} are changing too fast; try again")
+        record = self._unclaim(
+            _TCP_ROUTES, app, str(port), f"app {app} has no TCP route on port {port}"
+        )
+        log.info("tcp route removed", extra={"app": app, "port": port})
+        return self._route_from(port, record)
 
     def tcp_routes(self, app: str) -> list[TcpRoute]:
         """The app's TCP routes, sorted by port."""
