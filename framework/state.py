@@ -85,7 +85,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any
@@ -889,6 +889,20 @@ class Store:
             return []
         return names
 
+    def _read_all(self, parent: str, names: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
+        """(name, record) of `parent`'s children `names`, read concurrently, in the order
+        given; one removed between the listing and the read is left out. Call it inside
+        `_mapped`."""
+        pending = [(n, self._zk.get_async(f"{parent}/{n}")) for n in names]
+        found = []
+        for name, result in pending:
+            try:
+                data, _ = result.get(timeout=self._timeout)
+            except NoNodeError:
+                continue
+            found.append((name, _load(data)))
+        return found
+
     def _record(self, path: str) -> tuple[dict[str, Any], Any] | None:
         try:
             return self._get(path)
@@ -1022,16 +1036,11 @@ class Store:
         """The app's custom domains, sorted by hostname."""
         with self._mapped(f"list the domains of {app}"):
             names = self._app_domain_names(app)
-            pending = [(n, self._zk.get_async(f"/domains/{n}")) for n in sorted(names)]
-            found = []
-            for name, result in pending:
-                try:
-                    data, _ = result.get(timeout=self._timeout)
-                except NoNodeError:
-                    continue  # removed between the listing and the read
-                record = _load(data)
-                if record.get("app") == app:
-                    found.append(Domain(hostname=name, app=app, created_at=record["created_at"]))
+            found = [
+                Domain(hostname=name, app=app, created_at=record["created_at"])
+                for name, record in self._read_all("/domains", sorted(names))
+                if record.get("app") == app
+            ]
         if not names:
             self.get_app(app)  # NotFound for an unknown app
         return found
@@ -1042,15 +1051,7 @@ class Store:
         domain's znode is never changed in place, so the children watch is enough."""
         with self._mapped("list custom domains"):
             names = self._zk.get_children_async("/domains", watch=watch).get(timeout=self._timeout)
-            pending = [(n, self._zk.get_async(f"/domains/{n}")) for n in sorted(names)]
-            mapping = {}
-            for name, result in pending:
-                try:
-                    data, _ = result.get(timeout=self._timeout)
-                except NoNodeError:
-                    continue
-                mapping[name] = str(_load(data)["app"])
-        return mapping
+            return {name: str(r["app"]) for name, r in self._read_all("/domains", sorted(names))}
 
     # -- TCP routes --------------------------------------------------------------------------
 
@@ -1122,16 +1123,11 @@ class Store:
         """The app's TCP routes, sorted by port."""
         with self._mapped(f"list the TCP routes of {app}"):
             ports = self._app_route_ports(app)
-            pending = [(p, self._zk.get_async(f"/tcp_routes/{p}")) for p in ports]
-            found = []
-            for port, result in pending:
-                try:
-                    data, _ = result.get(timeout=self._timeout)
-                except NoNodeError:
-                    continue  # removed between the listing and the read
-                record = _load(data)
-                if record.get("app") == app:
-                    found.append(self._route_from(port, record))
+            found = [
+                self._route_from(int(port), record)
+                for port, record in self._read_all("/tcp_routes", map(str, ports))
+                if record.get("app") == app
+            ]
         if not ports:
             self.get_app(app)  # NotFound for an unknown app
         return found
@@ -1145,15 +1141,10 @@ class Store:
                 timeout=self._timeout
             )
             ports = sorted(int(n) for n in names if n.isdigit())
-            pending = [(p, self._zk.get_async(f"/tcp_routes/{p}")) for p in ports]
-            routes = []
-            for port, result in pending:
-                try:
-                    data, _ = result.get(timeout=self._timeout)
-                except NoNodeError:
-                    continue
-                routes.append(self._route_from(port, _load(data)))
-        return routes
+            return [
+                self._route_from(int(port), record)
+                for port, record in self._read_all("/tcp_routes", map(str, ports))
+            ]
 
     # -- log drains --------------------------------------------------------------------------
 

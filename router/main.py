@@ -20,7 +20,7 @@ watches with every read), build the route table (table.py), and apply the differ
   last good table meanwhile;
 - a TCP route whose port this router cannot serve (its own HTTP port, or one it cannot bind:
   privileged, or another program's) is left out and logged, and the other routes are served;
-  it is tried again every round.
+  it is tried again every 2 s.
 
 Threads: `Controller.run` owns everything on the calling thread; kazoo's thread only sets an
 Event. A full read runs whenever the ZooKeeper connection is (re)established (an expired
@@ -67,6 +67,7 @@ from berth.router.tls import TlsRound
 
 log = logging.getLogger(__name__)
 
+SKIPPED_RETRY = 2.0  # seconds between attempts at TCP routes this router could not serve
 LIVENESS_EVERY = 1.0  # seconds between checks that HAProxy's master process lives
 DEBOUNCE = 0.02  # seconds: let a burst of watch events (a deploy) land in one round
 
@@ -123,6 +124,8 @@ class Controller:
             wait = self._resync
             if self._removals:
                 wait = max(0.0, min(wait, self._retry_at - time.monotonic()))
+            if self._skipped:  # a TCP route's port may be free by now: try again soon
+                wait = min(wait, SKIPPED_RETRY)
             self._wait_for_work(wait)
             if self._changed.is_set():
                 stop.wait(DEBOUNCE)
