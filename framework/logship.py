@@ -230,26 +230,27 @@ class Shipper:
                 log.error("logd refused a batch of log lines", extra={"status": status})
 
     def _post(self, body: bytes) -> int | None:
-        """The answer's status, or None when logd could not be reached."""
         try:
-            with http1.request(
-                self._endpoint,
-                "POST",
-                INGEST_PATH,
-                body=body,
-                headers={
-                    "Authorization": f"Bearer {self._token}",
-                    "Content-Type": "application/json",
-                },
-                connect_timeout=2.0,
-                timeout=15.0,
-            ) as response:
-                response.read(64 * 1024)
-                return response.status
+            return post(self._endpoint, INGEST_PATH, self._token, body, "application/json")
         except OSError as e:
             if self._healthy:
                 log.warning("logd is not reachable: %s", e, extra={"logd": self._endpoint.url})
             return None
+
+
+def post(endpoint: http1.Endpoint, path: str, token: str, body: bytes, content_type: str) -> int:
+    """POST a batch to logd; its answer's status. Raises OSError when logd is not reached."""
+    with http1.request(
+        endpoint,
+        "POST",
+        path,
+        body=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
+        connect_timeout=2.0,
+        timeout=15.0,
+    ) as response:
+        response.read(64 * 1024)
+        return response.status
 
 
 class LogLink:

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from berth.framework import http1
+from berth.framework import http1, logship
 
 log = logging.getLogger(__name__)
 
@@ -142,20 +142,9 @@ class Forwarder:
 
     def _post(self, body: bytes) -> int | None:
         try:
-            with http1.request(
-                self._endpoint,
-                "POST",
-                INGEST_PATH,
-                body=body,
-                headers={
-                    "Authorization": f"Bearer {self._token}",
-                    "Content-Type": "text/plain; charset=utf-8",
-                },
-                connect_timeout=2.0,
-                timeout=15.0,
-            ) as response:
-                response.read(64 * 1024)
-                return response.status
+            return logship.post(
+                self._endpoint, INGEST_PATH, self._token, body, "text/plain; charset=utf-8"
+            )
         except OSError as e:
             log.debug("logd not reachable for access lines: %s", e)
             return None
