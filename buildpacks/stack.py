@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -50,6 +51,8 @@ import docker.errors
 
 from berth.framework.errors import BerthError, Invalid
 from berth.framework.settings import default_data_dir
+
+log = logging.getLogger(__name__)
 
 STACK_FORMAT = 1  # bump when the way images are made changes in a way the manifest misses
 SUITE = "trixie"
@@ -385,7 +388,7 @@ def ensure_image(
             _mmdebstrap(spec, tar, scratch, progress, started, suite, mirror)
             image = _import(client, spec, tar, name, digest, suite, progress, started)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            _remove_tree(scratch)
         _prune(client, repository, spec.kind, keep=image.id, progress=progress)
     seconds = time.monotonic() - started
     size = int(image.attrs.get("Size", 0))
@@ -424,7 +427,18 @@ def ensure_stack(
 def _remove_leftovers(work_dir: Path) -> None:
     """Scratch dirs of a build that was SIGKILLed: nobody else uses them while we hold the lock."""
     for stale in work_dir.glob("build-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        _remove_tree(stale)
+
+
+def _remove_tree(path: Path, attempts: int = 20) -> None:
+    """Remove a scratch dir even while a process that was just stopped still has a file open or
+    creates one in it: rmtree again until it is gone (a few seconds at most)."""
+    for _ in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.25)
+    log.warning("scratch dir left behind", extra={"path": str(path)})
 
 
 def _mmdebstrap(
@@ -468,13 +482,18 @@ def _mmdebstrap(
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
+    """Stop mmdebstrap and everything it started. It removes its own temp dir on SIGTERM, but
+    the apt or dpkg it ran inside its namespace can outlive it for a moment, still writing into
+    the scratch dir: its whole process group (its own session) is killed once it is gone."""
     if proc.poll() is None:
-        proc.terminate()  # mmdebstrap removes its own temp dir on SIGTERM
+        proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
     if proc.stdout is not None:
         proc.stdout.close()
 
