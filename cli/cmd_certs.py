@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote
 
 import click
 
-from berth.cli.common import app_option, client, json_option, resolve_app
+from berth.cli.common import app_option, client, hostname_segment, json_option, resolve_app
 from berth.cli.output import emit_json, header, table
 
 MAX_FILE_BYTES = 256 * 1024  # the API bounds them more tightly; this keeps a wrong file local
@@ -76,10 +75,6 @@ def add(cert_file: Path, key_file: Path, app: str | None, as_json: bool) -> None
 def remove(hostname: str, app: str | None) -> None:
     """Stop serving the app's certificate for HOSTNAME."""
     name = resolve_app(app)
-    if "/" in hostname or not hostname.strip():
-        raise click.ClickException(
-            f"{hostname[:80]!r} is not a hostname: give it alone, like www.example.com"
-        )
-    path = f"/v1/apps/{name}/certs/{quote(hostname, safe='')}"
+    path = f"/v1/apps/{name}/certs/{hostname_segment(hostname)}"
     removed = client().call("DELETE", path)
     click.echo(f"Removed the certificate {', '.join(removed['removed'])} from {name}")

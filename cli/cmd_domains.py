@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 import click
 
-from berth.cli.common import app_option, client, json_option, resolve_app
+from berth.cli.common import app_option, client, hostname_segment, json_option, resolve_app
 from berth.cli.output import emit_json, header, table
 
 
@@ -51,11 +49,6 @@ def add(hostname: str, app: str | None, as_json: bool) -> None:
 def remove(hostname: str, app: str | None) -> None:
     """Stop routing HOSTNAME to the app."""
     name = resolve_app(app)
-    if "/" in hostname or not hostname.strip():
-        # it could not be a path segment; the API would only see another route
-        raise click.ClickException(
-            f"{hostname[:80]!r} is not a hostname: give it alone, like www.example.com"
-        )
-    path = f"/v1/apps/{name}/domains/{quote(hostname, safe='')}"
+    path = f"/v1/apps/{name}/domains/{hostname_segment(hostname)}"
     removed = client().call("DELETE", path)
     click.echo(f"Removed {removed['removed']} from {name}")

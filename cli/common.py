@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import click
 
@@ -59,3 +60,13 @@ def parse_version(value: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise click.UsageError(f"{value!r}: expected a release like v3")
     return int(text)
+
+
+def hostname_segment(hostname: str) -> str:
+    """HOSTNAME as one URL path segment, or a usage error: with a `/` it could not be one (the
+    API would only see another route)."""
+    if "/" in hostname or not hostname.strip():
+        raise click.ClickException(
+            f"{hostname[:80]!r} is not a hostname: give it alone, like www.example.com"
+        )
+    return quote(hostname, safe="")
