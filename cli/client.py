@@ -13,12 +13,9 @@ from typing import Any
 import click
 import requests
 
+from berth.cli.gitcredential import credentials_path, stored_credentials
+
 TIMEOUT = 30.0
-
-
-def credentials_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "berth" / "credentials"
 
 
 @dataclass(frozen=True)
@@ -40,15 +37,12 @@ def save_credentials(creds: Credentials) -> Path:
 
 
 def load_credentials() -> Credentials:
-    stored: dict[str, str] = {}
-    path = credentials_path()
-    if path.exists():
-        try:
-            stored = json.loads(path.read_text())
-        except ValueError:
-            raise click.ClickException(
-                f"{path} is not valid JSON: run `berth login` again"
-            ) from None
+    try:
+        stored = stored_credentials()
+    except ValueError:
+        raise click.ClickException(
+            f"{credentials_path()} is not valid JSON: run `berth login` again"
+        ) from None
     url = os.environ.get("BERTH_URL") or stored.get("url")
     token = os.environ.get("BERTH_TOKEN") or stored.get("token")
     if not url or not token:

@@ -10,10 +10,10 @@ from berth.cli.client import (
     ApiError,
     Client,
     Credentials,
-    credentials_path,
     load_credentials,
     save_credentials,
 )
+from berth.cli.gitcredential import credentials_path
 from berth.cli.output import emit_json, pairs
 
 

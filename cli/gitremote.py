@@ -1,5 +1,5 @@
 """The `berth` git remote of the repository in the current directory (dulwich; no git binary
-needed): which app it names, and adding or removing it, with `berth git:credentials` as git's
+needed): which app it names, and adding or removing it, with berth.cli.gitcredential as git's
 credential helper for the Berth URL. Neither the URL nor the config ever carries the token."""
 
 from __future__ import annotations
@@ -56,12 +56,13 @@ def add_remote(api_url: str, app: str, path: Path | None = None) -> bool:
 
 
 def helper_command() -> str:
-    """How git runs `berth git:credentials` (with this very interpreter: no PATH needed)."""
-    return f"!{shlex.quote(sys.executable)} -m berth.cli git:credentials"
+    """How git runs our credential helper: berth.cli.gitcredential with this very interpreter
+    (no PATH needed; the module imports only the standard library, so it starts fast)."""
+    return f"!{shlex.quote(sys.executable)} -m berth.cli.gitcredential"
 
 
 def add_credential_helper(api_url: str, path: Path | None = None) -> bool:
-    """Make git ask `berth git:credentials` for the Berth URL's password (the token), in this
+    """Make git ask berth.cli.gitcredential for the Berth URL's password (the token), in this
     repository's config: `credential.<url>.helper` is reset (an empty value drops helpers
     configured for that URL before it) and set to ours. The token itself is never written."""
     repo = _repo(path)

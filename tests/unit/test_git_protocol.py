@@ -29,7 +29,7 @@ from berth.api.git import (
     report_status,
 )
 from berth.buildpacks.dockerfile import BuildError, checkout, parse_procfile, process_types
-from berth.cli.cmd_git import answer, parse_request
+from berth.cli.gitcredential import answer, parse_request, respond
 from berth.cli.gitremote import add_remote, app_from_remote, helper_command
 from berth.framework.errors import Invalid
 from berth.framework.model import clip_log
@@ -183,6 +183,26 @@ def test_credential_helper_answers_for_the_berth_url_only() -> None:
     assert answer({"url": "http://127.0.0.1:7070/git/x.git"}, "http://127.0.0.1:7070", token)
 
 
+def test_credential_helper_reads_the_login_and_answers_get_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BERTH_URL", raising=False)
+    monkeypatch.delenv("BERTH_TOKEN", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    request = "protocol=http\nhost=127.0.0.1:7070\n\n"
+    assert respond("get", request) == ""  # not logged in: git asks elsewhere
+    stored = tmp_path / "berth" / "credentials"
+    stored.parent.mkdir()
+    stored.write_text("{not json")
+    assert respond("get", request) == ""
+    stored.write_text('{"url": "http://127.0.0.1:7070/", "token": "berth_t"}')
+    assert respond("get", request) == "username=berth\npassword=berth_t\n"
+    assert respond("store", request) == ""
+    assert respond("erase", request) == ""
+    monkeypatch.setenv("BERTH_TOKEN", "berth_env")
+    assert respond("get", request) == "username=berth\npassword=berth_env\n"
+
+
 def test_build_settings_from_the_environment() -> None:
     assert BuildSettings.from_env({}) == BuildSettings()
     custom = BuildSettings.from_env({"BERTH_GIT_MAX_PACK_MB": "3", "BERTH_BUILD_CONCURRENCY": "4"})
@@ -248,7 +268,7 @@ def test_the_remote_and_credential_helper_are_configured_without_the_token(
         section = (b"credential", b"http://127.0.0.1:7070")
         helpers = list(config.get_multivar(section, b"helper"))
     assert helpers == [b"", helper_command().encode()]  # earlier helpers for the URL reset
-    assert helper_command().endswith(" -m berth.cli git:credentials")
+    assert helper_command().endswith(" -m berth.cli.gitcredential")
     text = (tmp_path / ".git" / "config").read_text()
     assert "berth_" not in text
     assert "http://127.0.0.1:7070/git/myapp.git" in text
