@@ -59,6 +59,7 @@ Ranges = tuple[tuple[int, int], ...]  # inclusive, sorted, disjoint
 DEFAULT_REFUSE_SECONDS = 5.0  # Mesos's Filters.refuse_seconds default
 MIN_CPUS, MIN_MEM = 0.01, 32.0  # below both, Mesos's allocator does not bother offering
 _STOP = object()
+_ALLOCATE = object()  # put by REVIVE: run an offer round at once
 
 
 # -- resources ---------------------------------------------------------------------------------
@@ -384,6 +385,8 @@ class LocalSchedulerDriver:
             if isinstance(item, tuple):
                 name, args = item
                 self._callback(name, *args)
+            elif item is _ALLOCATE:
+                next_round = time.monotonic()
             if time.monotonic() >= next_round:
                 try:
                     self._allocate()
@@ -600,6 +603,7 @@ class LocalSchedulerDriver:
                 return False
             self._suppressed = False
             self._filters.clear()
+        self._queue.put(_ALLOCATE)  # as Mesos's allocator: an offer round now, not at the tick
         return True
 
     def suppressOffers(self) -> bool:

@@ -176,13 +176,14 @@ class Local:
         framework_id: str | None,
         auto_ack: bool = True,
         explode_on: frozenset[str] = frozenset(),
+        allocation_interval: float = 0.05,
     ) -> None:
         framework = dict(self.framework)
         if framework_id is not None:
             framework["id"] = {"value": framework_id}
         self.scheduler = Recorder(auto_ack, explode_on)
         driver = LocalSchedulerDriver(
-            self.scheduler, framework, self.agent, allocation_interval=0.05
+            self.scheduler, framework, self.agent, allocation_interval=allocation_interval
         )
         driver.start()
         self.drivers.append(driver)
@@ -382,6 +383,19 @@ def test_suppress_stops_offers_until_revive(local: Local) -> None:
     assert len(local.scheduler.offers()) == 1
     assert local.driver.reviveOffers()
     local.scheduler.wait_offer(2, timeout=2)
+
+
+def test_revive_makes_an_offer_round_at_once(local: Local) -> None:
+    """As Mesos's allocator does: a REVIVE is followed by an allocation, not by the next tick
+    (here an hour away), so a framework that wakes up to launch is not kept waiting."""
+    local.driver.stop()
+    local.start_driver(None, allocation_interval=3600)
+    first = local.scheduler.wait_offer(1)  # the first round runs at start
+    assert local.driver.suppressOffers()
+    assert local.driver.declineOffer([first.id], {"refuse_seconds": 3600})
+    assert local.driver.reviveOffers()
+    second = local.scheduler.wait_offer(2, timeout=10)
+    assert scalars(second) == scalars(first)
 
 
 # -- launching -------------------------------------------------------------------------------
