@@ -26,6 +26,7 @@ from berth.api import (
     routes_releases,
     routes_routes,
     routes_routing,
+    routes_runs,
     routes_tokens,
 )
 from berth.api.context import SETTINGS, STORE
@@ -57,8 +58,10 @@ def create_app(store: Store, settings: Settings) -> Flask:
         routes_routing,
         routes_tokens,
         routes_builds,
+        routes_runs,
     ):
         app.register_blueprint(module.bp)
+    routes_runs.install(app)  # attached runs' rendezvous
     git.install(app)  # /git/APP.git: git push and clone
 
     @app.before_request

@@ -7,15 +7,19 @@ are in-process: correct for one API host; several API hosts would need a ZooKeep
 app (Store.lock) instead, which is not done yet.
 
 Each push: take the app's lock → check the branch still points where the pusher saw it →
-record a Build (status building) → wait for a build slot → build (buildpacks/dockerfile.py) →
+record a Build (status building) → wait for a build slot → build (buildpacks/slug.py's
+AppBuilder: buildpacks, or dockerfile.py for a Dockerfile) →
 `Store.deploy` (description "Deploy 1a2b3c4 (git push)", by the pusher's token) → the first
 deploy scales web=1 → move the branch → wait until a web task of the new release serves (or
-fails to start, or `release_timeout` passes) → record the outcome. Every step's output goes
-through `emit` as it happens, which the git endpoint turns into `remote:` lines.
+fails to start, or `release_timeout` passes) → record the outcome → remove images no kept
+release uses (api/prune.py). Every step's output goes through `emit` as it happens, which the
+git endpoint turns into `remote:` lines, and into the app's log (api/applog.py: source
+`build`, process the build's id; `berth` lines when a build starts, succeeds or fails).
 
 Settings come from BERTH_* variables read once when the API starts (BuildSettings.from_env):
 BERTH_GIT_MAX_PACK_MB (512), BERTH_BUILD_CONCURRENCY (2), BERTH_BUILD_TIMEOUT (900 s),
-BERTH_BUILD_MEMORY_MB (2048), BERTH_RELEASE_TIMEOUT (180 s).
+BERTH_BUILD_MEMORY_MB (2048), BERTH_RELEASE_TIMEOUT (180 s); BERTH_KEEP_RELEASES (10) is
+api/prune.py's.
 
 Threads: `stream()` runs the push in a thread of its own and hands its lines to the request
 thread through a queue, so the request thread can keep the connection alive while a step is
@@ -41,7 +45,12 @@ if TYPE_CHECKING:
     from dulwich.objects import ObjectID
     from dulwich.refs import Ref
 
+from berth.api.applog import AppLog
+from berth.api.artifacts import Publisher
+from berth.api.prune import Pruner
 from berth.buildpacks.dockerfile import BuildError, Built, DockerfileBuilder, Limits
+from berth.buildpacks.slug import AppBuilder, BuildpackBuilder, BuildpackOptions
+from berth.framework import registry
 from berth.framework.errors import BerthError, Invalid
 from berth.framework.model import Artifact, Build, Task, clip_log, now
 from berth.framework.settings import Settings
@@ -123,17 +132,30 @@ class Pipeline:
         settings: Settings,
         build_settings: BuildSettings,
         builder: Builder | None = None,
+        applog: AppLog | None = None,  # build lines into `berth logs` (api/applog.py)
+        pruner: Pruner | None = None,  # old images removed after a release (api/prune.py)
+        publisher: Publisher | None = None,  # default: settings.registry's, if set
     ) -> None:
+        self.applog = applog
+        self.pruner = pruner
         self.store = store
         self.settings = settings
         self.build_settings = build_settings
-        self.builder: Builder = builder or DockerfileBuilder(
-            limits=Limits(memory_mb=build_settings.memory_mb, timeout=build_settings.timeout),
-            scratch_root=settings.data_dir / "builds",
+        limits = Limits(memory_mb=build_settings.memory_mb, timeout=build_settings.timeout)
+        # a root Dockerfile → the Docker engine, unless BUILDPACK_URL is set; else buildpacks
+        self.builder: Builder = builder or AppBuilder(
+            DockerfileBuilder(limits=limits, scratch_root=settings.data_dir / "builds"),
+            BuildpackBuilder(settings.data_dir, limits=limits, options=BuildpackOptions.from_env()),
+            config=lambda app: store.get_release(app).config,
         )
         self._slots = threading.BoundedSemaphore(build_settings.concurrency)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        # with a registry, every built image is pushed there (api/artifacts.py)
+        self.publisher = publisher
+        if publisher is None and settings.registry:
+            credentials = registry.load_or_create_credentials(settings.data_dir)
+            self.publisher = Publisher(settings.registry, credentials)
 
     def _app_lock(self, app: str) -> threading.Lock:
         with self._locks_lock:
@@ -187,6 +209,7 @@ class Pipeline:
             def record(line: str) -> None:
                 kept.append(line)
                 emit(line)
+                self._log(push.app, "build", build.id, line)
 
             build = Build(
                 id=new_build_id(),
@@ -201,6 +224,7 @@ class Pipeline:
             try:
                 self.store.put_build(build)
                 log.info("build started", extra={"app": push.app, "build": build.id})
+                self._log(push.app, "berth", "", f"Build {build.id} started by {push.created_by}")
                 record(f"-----> Build {build.id} of {push.app} at {push.new[:12]}")
                 if not self._slots.acquire(blocking=False):
                     record(
@@ -214,7 +238,7 @@ class Pipeline:
                     self._slots.release()
                 release = self.store.deploy(
                     push.app,
-                    Artifact("image", built.image, built.port),
+                    self._artifact(built, record),
                     built.process_types,
                     f"Deploy {push.new[:7]} (git push)",
                     push.created_by,
@@ -223,9 +247,13 @@ class Pipeline:
                 record(f" !     {exc.message}")
                 self._finish(build, started, kept, "failed", error=exc.message)
                 log.info("build failed", extra={"app": push.app, "build": build.id})
+                self._log(push.app, "berth", "", f"Build {build.id} failed: {exc.message}")
                 reason = exc.message if isinstance(exc, BuildError) else f"error: {exc.message}"
                 return Outcome(False, f"build failed: {reason}"[:200], build=build.id)
-            build = replace(build, image=built.image, release=release.version)
+            build = replace(
+                build, image=built.image, release=release.version, builder=built.builder
+            )
+            self._log(push.app, "berth", "", f"Build {build.id} succeeded: v{release.version}")
             try:
                 problem = self._release(push, repo, built, release.version, record)
             except BerthError as exc:
@@ -236,6 +264,8 @@ class Pipeline:
                 self._finish(build, started, kept, "succeeded", error=problem)
                 return Outcome(False, problem[:200], release.version, build.id)
             record(f"-----> Released v{release.version}, {url}")
+            if self.pruner is not None:  # old images no kept release uses
+                self.pruner.after_release(push.app, record)
             self._finish(build, started, kept, "succeeded")
             log.info(
                 "push released",
@@ -260,6 +290,16 @@ class Pipeline:
         repo.refs.set_symbolic_ref(cast("Ref", b"HEAD"), cast("Ref", push.ref.encode()))
         emit(f"-----> Release v{version} made; starting it")
         return self._wait_serving(push.app, version, formation.get("web", 0), emit)
+
+    def _artifact(self, built: Built, emit: Callable[[str], None]) -> Artifact:
+        """The release's artifact: the local image, or with a registry the pushed one."""
+        if self.publisher is None:
+            return Artifact("image", built.image, built.port)
+        return self.publisher.publish(built, emit)
+
+    def _log(self, app: str, source: str, process: str, text: str) -> None:
+        if self.applog is not None:
+            self.applog.line(app, source, process, text)
 
     def _finish(
         self, build: Build, started: float, kept: list[str], status: str, error: str = ""

@@ -58,8 +58,10 @@ from werkzeug.exceptions import HTTPException
 if TYPE_CHECKING:
     from dulwich.server import BackendRepo
 
+from berth.api import applog, prune
 from berth.api.builds import ZERO, BuildSettings, Outcome, Pipeline, Push
 from berth.api.context import settings, store, who
+from berth.buildpacks.slug import remove_cache
 from berth.framework.errors import BadRequest, BerthError, NotFound
 from berth.framework.model import validate_app_name
 
@@ -267,7 +269,13 @@ def pipeline() -> Pipeline:
     with _pipeline_lock:
         found = app.extensions.get(PIPELINE)
         if found is None:
-            found = Pipeline(store(), settings(), BuildSettings.from_env())
+            found = Pipeline(
+                store(),
+                settings(),
+                BuildSettings.from_env(),
+                applog=applog.for_app(app, settings().logs_url, settings().data_dir),
+                pruner=prune.current(),
+            )
             app.extensions[PIPELINE] = found
     assert isinstance(found, Pipeline)
     return found
@@ -459,7 +467,8 @@ def _http_error(exc: HTTPException) -> Response:
 
 
 def install(app: Flask, remove: Callable[[Path, str], None] | None = None) -> None:
-    """Registers the blueprint, and removes an app's repository when the app is destroyed."""
+    """Registers the blueprint, and removes an app's repository and build cache when the app
+    is destroyed."""
     app.register_blueprint(bp)
 
     @app.after_request
@@ -475,6 +484,9 @@ def install(app: Flask, remove: Callable[[Path, str], None] | None = None) -> No
             except BerthError:
                 return response
             (remove or _remove_tree)(path, str(name))
+            if remove_cache(settings().data_dir, str(name)):  # its build cache (buildpacks)
+                log.info("build cache removed", extra={"app": str(name)})
+            prune.current().forget(str(name))  # its images, once its containers are gone
         return response
 
 

@@ -14,6 +14,7 @@ import click
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from berth.api import applog
 from berth.api.app import create_app
 from berth.framework import jsonlog, tokens
 from berth.framework.options import settings_options
@@ -114,6 +115,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 def _worker_exit(server: Any, worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
+    if isinstance(app, Flask):
+        applog.close_for(app)  # build lines still queued for logd
     store = app.extensions.get("berth.store") if isinstance(app, Flask) else None
     if isinstance(store, Store):
         store.stop()
@@ -124,10 +127,10 @@ def _worker_exit(server: Any, worker: Any) -> None:
 @click.option(
     "--threads",
     envvar="BERTH_API_THREADS",
-    default=8,
+    default=32,
     show_default=True,
-    type=click.IntRange(1, 64),
-    help="Request threads",
+    type=click.IntRange(1, 256),
+    help="Request threads (an attached `berth run` holds two for its whole life)",
 )
 def command(settings: Settings, threads: int) -> None:
     """Run the API server alone (`berth server` runs it for you)."""

@@ -27,6 +27,30 @@ _VERSION = {
     "schema": {"type": "string", "example": "v3"},
 }
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_RUN_NUMBER = {
+    "name": "number",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "example": "3"},
+}
+_RUN = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "example": "run.3"},
+        "number": {"type": "integer"},
+        "command": {"type": "array", "items": {"type": "string"}},
+        "release": {"type": "integer"},
+        "attach": {"type": "boolean"},
+        "tty": {"type": "boolean"},
+        "memory_mb": {"type": "integer"},
+        "cpus": {"type": "number"},
+        "state": {"type": "string", "enum": ["pending", "launched", "finished"]},
+        "task_id": {"type": "string"},
+        "exit_code": {"type": "integer", "nullable": True},
+        "outcome": {"type": "string"},
+    },
+}
+_RUNS = {"type": "array", "items": _RUN}
 _INT_MAP = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
 
 
@@ -217,6 +241,68 @@ def document(version: str) -> dict[str, Any]:
                             "properties": {"task": {"type": "string"}},
                         }
                     ),
+                ),
+            },
+            "/v1/apps/{app}/runs": {
+                "parameters": [_APP],
+                "get": _op("The app's one-off runs, oldest first", {"200": _json(_RUNS)}),
+                "post": _op(
+                    "Start a one-off run of the current release: 409 before any push or deploy",
+                    {
+                        "201": _json(_RUN, "Created"),
+                        "409": {"$ref": "#/components/responses/Conflict"},
+                    },
+                    requestBody=_body(
+                        {
+                            "type": "object",
+                            "required": ["command"],
+                            "properties": {
+                                "command": {
+                                    "type": "array",
+                                    "items": {"type": "string"},
+                                    "minItems": 1,
+                                    "maxItems": 256,
+                                    "description": "argv, never a shell string",
+                                },
+                                "attach": {"type": "boolean", "default": True},
+                                "tty": {"type": "boolean", "default": False},
+                                "size": {
+                                    "type": "object",
+                                    "properties": {
+                                        "memory": {"type": "string", "example": "512m"},
+                                        "cpu": {"type": "number", "example": 0.5},
+                                    },
+                                },
+                            },
+                        }
+                    ),
+                ),
+            },
+            "/v1/apps/{app}/runs/{number}": {
+                "parameters": [_APP, _RUN_NUMBER],
+                "get": _op(
+                    "One run: its state and, once finished, exit code", {"200": _json(_RUN)}
+                ),
+            },
+            "/v1/apps/{app}/runs/{ref}/attach": {
+                "parameters": [_APP, {**_RUN_NUMBER, "name": "ref"}],
+                "get": _op(
+                    "Websocket (Upgrade: websocket): the client's side of an attached run."
+                    " Binary frames, first byte the channel: 0 stdin, 1 stdout, 2 stderr,"
+                    " 3 stdin EOF, 4 resize {cols, rows}, 5 signal name, 6 exit {code},"
+                    " 7 error {message}",
+                    {
+                        "101": {"description": "Switching to the websocket"},
+                        "409": {"$ref": "#/components/responses/Conflict"},
+                    },
+                ),
+            },
+            "/v1/apps/{app}/runs/{ref}/rendezvous": {
+                "parameters": [_APP, {**_RUN_NUMBER, "name": "ref"}],
+                "get": _op(
+                    "Websocket: the executor's side of an attached run, with the run's secret"
+                    " as its bearer token (not an API token); the same frames",
+                    {"101": {"description": "Switching to the websocket"}},
                 ),
             },
             "/v1/apps/{app}/ps/restart": {
@@ -544,7 +630,7 @@ def document(version: str) -> dict[str, Any]:
                         "id": {"type": "string", "example": "6566a1b2c3d4"},
                         "app": {"type": "string"},
                         "commit": {"type": "string"},
-                        "builder": {"type": "string", "enum": ["dockerfile"]},
+                        "builder": {"type": "string", "enum": ["dockerfile", "buildpacks", "auto"]},
                         "status": {"type": "string", "enum": ["building", "succeeded", "failed"]},
                         "created_by": {"type": "string"},
                         "started_at": {"type": "string", "format": "date-time"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from berth.api import prune
 from berth.api.context import json_body, store, who
 from berth.framework.errors import Invalid
 from berth.framework.model import validate_config_changes
@@ -49,6 +50,9 @@ def rollback(app: str) -> tuple[Response, int]:
     body = json_body(optional=True)
     version = body.get("version")
     target = None if version is None else parse_version(version)
+    wanted = target if target is not None else store().get_app(app).release - 1
+    if wanted >= 1:  # 409 if its image was pruned (api/prune.py), before a release is made
+        prune.current().check_rollback(app, store().get_release(app, wanted))
     release = store().rollback(app, target, who())
     return jsonify(release.summary_json()), 201
 

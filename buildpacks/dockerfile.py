@@ -47,10 +47,7 @@ PROCFILE = "Procfile"
 IMAGE_REPOSITORY = "berth/app-"
 MAX_PROCFILE_BYTES = 64 * 1024
 MAX_COMMAND_CHARS = 4096
-SUPPORTED = (
-    "a Dockerfile at the repository's root; buildpacks (Python, Node.js, Go, static,"
-    " Procfile) are coming"
-)
+SUPPORTED = "a Dockerfile at the repository's root"
 _PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
 
 
@@ -89,6 +86,7 @@ class Built:
     process_types: dict[str, str] = field(default_factory=dict)
     exposed: tuple[str, ...] = ()
     port: int | None = None  # the EXPOSEd port web listens on (web_port), None: $PORT
+    builder: str = "dockerfile"  # which builder made it: "dockerfile" or "buildpacks"
 
 
 def image_tag(app: str, commit: str) -> str:

@@ -2,7 +2,7 @@
 trixie packages — nothing is pulled from a registry.
 
 - `berth/stack-build:<tag>`: compilers, headers, git, Python 3.13, Node.js 20 + npm, Go, Ruby;
-  the image build containers run (later: `build.py`).
+  the image build containers run (`slug.py`).
 - `berth/stack-run:<tag>`: what a built app needs at run time (Python, Node.js, the common
   runtime libraries), and nothing to compile with; apps' images are made from it.
 
@@ -20,7 +20,7 @@ and an unchanged stack is found by its tag and reused. A file lock in the work d
 (`DATA_DIR/stack/stack.lock`) serialises builds between processes; the temp dir holding the
 rootfs tar is removed whatever happens (an error, Ctrl-C, and SIGTERM in `stack:build`).
 
-Runs in the caller's thread (`berth stack:build`, later the build step). Imports
+Runs in the caller's thread (`berth stack:build`, or a buildpack build in `berth api`). Imports
 berth.framework only; no berth.cli, api, executor or router.
 """
 

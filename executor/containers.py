@@ -8,7 +8,8 @@ never privileged, never root (the image's USER if it is not root, else uid/gid 1
 volumes or bind mounts at all (so never the Docker socket), Docker's restart policy off (Mesos
 and the scheduler decide about restarts), SIGTERM as the stop signal, a bounded json-file log,
 and Docker's init (`docker-init`, which reaps zombies and forwards signals) when the engine has
-one. Nothing is ever pulled: an image missing on the agent is `ImageNotFound`. Containers named
+one. `run` never pulls: an image missing on the agent is `ImageNotFound`; `ensure_image` pulls
+one the engine lacks (from Berth's registry, with its credentials) before `run`. Containers named
 `mesos-*` are refused, because the Mesos agent's Docker containerizer takes those for its own
 and may kill them when it recovers.
 
@@ -25,14 +26,16 @@ Errors, on top of berth.framework.errors:
         │                                         taken); it is removed again. A missing
         │                                         command under docker-init is exit 127.
         ├── WaitTimedOut (504 timeout)            wait(timeout=…) passed, still running
-        └── EngineUnavailable (503 unavailable)   the Docker engine does not answer
+        ├── EngineUnavailable (503 unavailable)   the Docker engine does not answer
+        └── PullFailed (502 pull_failed)          the image could not be pulled (registry
+                                                  unreachable, refused credentials, unknown)
 
 Threads: a `Containers` may be shared by the executor's threads; each call is its own request
 on its own connection. `wait()` blocks until the container stops and `logs()` until its
 output ends, so each belongs in a thread of its own (the task watcher, the log pump).
 
 Must not import flask, kazoo, berth.api or berth.cli (an import-linter contract); imports only
-berth.framework's errors.
+berth.framework's errors and registry (image references, X-Registry-Auth).
 """
 
 from __future__ import annotations
@@ -41,16 +44,18 @@ import json
 import logging
 import math
 import re
+import socket
 import struct
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
-from berth.executor.engine import Engine, EngineError
+from berth.executor.engine import API_VERSION, Engine, EngineError
+from berth.framework import http1, registry
 from berth.framework.errors import BerthError
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,7 @@ MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses less
 LOG_MAX_SIZE = "10m"  # per file, two files: what dockerd keeps of a container's output
 LOG_MAX_FILES = "2"
 MAX_LINE_BYTES = 64 * 1024  # logs() hands on longer lines in pieces of this size
+PULL_SILENCE = 300.0  # seconds a pull may go without a progress message
 
 # Docker's own rule for container names.
 CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -87,8 +93,8 @@ class ImageNotFound(ContainerError):
 
     def __init__(self, image: str) -> None:
         super().__init__(
-            f"image {image!r} is not on this Docker engine (Berth never pulls; "
-            "build or load it on the agent first)"
+            f"image {image!r} is not on this Docker engine (only images in Berth's "
+            "registry are pulled; build or load it on the agent first)"
         )
         self.image = image
 
@@ -121,6 +127,11 @@ class EngineUnavailable(ContainerError):
     code = "unavailable"
 
 
+class PullFailed(ContainerError):
+    status = 502
+    code = "pull_failed"
+
+
 def is_root(user: str) -> bool:
     """True when USER (as in a Dockerfile: `name`, `uid`, `uid:gid`) runs as uid 0."""
     return user.split(":", 1)[0] in ROOT_USERS
@@ -145,6 +156,9 @@ class ContainerSpec:
     cpus: float = 1.0
     pids_limit: int = DEFAULT_PIDS_LIMIT
     user: str | None = None
+    # One-off runs (attached): a TTY, and stdin open for one attach (closed when it ends).
+    tty: bool = False
+    stdin: bool = False
 
     def __post_init__(self) -> None:
         if self.name.lower().startswith(MESOS_PREFIX):
@@ -231,8 +245,10 @@ class Containers:
         except ValueError as e:
             raise EngineUnavailable(str(e)) from e
 
-    def run(self, spec: ContainerSpec) -> str:
-        """Creates and starts the container, detached; returns its id. Never pulls."""
+    def run(self, spec: ContainerSpec, before_start: Callable[[str], None] | None = None) -> str:
+        """Creates and starts the container, detached; returns its id. Never pulls.
+        `before_start(container_id)` runs between create and start (an attach, so no output is
+        missed); if it raises, the container is removed and the error goes on."""
         with _docker_errors(spec.image, image=True):
             attrs = self._engine.call("GET", f"/images/{_image_ref(spec.image)}/json")
         image_user = str((attrs.get("Config") or {}).get("User") or "")
@@ -260,9 +276,10 @@ class Containers:
             "Labels": dict(spec.labels),
             "User": user,
             "StopSignal": "SIGTERM",
-            "Tty": False,
-            "OpenStdin": False,
-            "AttachStdin": False,
+            "Tty": spec.tty,
+            "OpenStdin": spec.stdin,
+            "StdinOnce": spec.stdin,
+            "AttachStdin": spec.stdin,
             "HostConfig": host_config,
         }
         if spec.command is not None:
@@ -278,6 +295,12 @@ class Containers:
         with _docker_errors(spec.image, image=True):
             created = self._engine.call("POST", "/containers/create", {"name": spec.name}, body)
         container_id = str(created["Id"])
+        if before_start is not None:
+            try:
+                before_start(container_id)
+            except BaseException:
+                self.remove(container_id)
+                raise
         try:
             self._engine.call("POST", f"/containers/{container_id}/start")
         except (EngineError, OSError) as e:
@@ -288,6 +311,43 @@ class Containers:
             extra={"container": container_id, "container_name": spec.name, "image": spec.image},
         )
         return container_id
+
+    def ensure_image(self, image: str, username: str = "", password: str = "") -> bool:
+        """Pulls `image` unless the engine has it (True when it pulled), with the registry's
+        credentials when a username is given (X-Registry-Auth for the image's registry).
+        Pulls exactly the reference's tag or digest, never every tag. PullFailed says why a
+        pull failed."""
+        try:
+            self._engine.call("GET", f"/images/{_image_ref(image)}/json")
+            return False
+        except EngineError as e:
+            if e.status != 404:
+                raise ContainerError(f"Docker refused a request about {image}: {e.message}") from e
+        except OSError as e:
+            raise EngineUnavailable(f"the Docker engine did not answer: {e}") from e
+        try:
+            ref = registry.parse_reference(image)
+        except BerthError as e:
+            raise PullFailed(e.message) from e
+        where = ref.domain or "the default registry"
+        query = {"fromImage": ref.repository, "tag": ref.pull_tag}
+        headers = None
+        if username:
+            auth = registry.auth_header(ref.domain, username, password)
+            headers = {"X-Registry-Auth": auth}
+        log.info("pulling image", extra={"image": image, "registry": ref.domain})
+        try:
+            with self._engine.open(
+                "POST", "/images/create", query, headers=headers, timeout=PULL_SILENCE
+            ) as answer:
+                _pull_progress(answer.chunks(), image)
+        except EngineError as e:
+            message = f"could not pull {image} from {where}: {e.message}"
+            raise PullFailed(message + _pull_hint(e.message)) from e
+        except OSError as e:
+            raise PullFailed(f"could not pull {image} from {where}: {e}") from e
+        log.info("pulled image", extra={"image": image})
+        return True
 
     def wait(self, container_id: str, timeout: float | None = None) -> Exit:
         """Blocks until the container is not running (at once if it has stopped already)."""
@@ -333,6 +393,58 @@ class Containers:
         except ContainerError as e:
             if "already in progress" not in e.message:
                 raise
+
+    def attach(self, container_id: str) -> socket.socket:
+        """The container's stdin/stdout/stderr as one raw socket (Engine API attach, hijacked:
+        `Upgrade: tcp`). Without a TTY what it reads is multiplexed like `logs` (`frames`);
+        `shutdown(SHUT_WR)` closes the container's stdin (its spec has `stdin`)."""
+        path = http1.path_with_query(
+            f"/v{API_VERSION}/containers/{quote(container_id, safe='')}/attach",
+            {"stream": 1, "stdin": 1, "stdout": 1, "stderr": 1},
+        )
+        endpoint = self._engine.endpoint
+        try:
+            sock = endpoint.connect(self._engine.timeout)
+        except OSError as e:
+            raise EngineUnavailable(f"the Docker engine did not answer: {e}") from e
+        try:
+            sock.sendall(
+                f"POST {endpoint.base}{path} HTTP/1.1\r\nHost: {endpoint.host_header}\r\n"
+                "Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n".encode()
+            )
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):  # byte by byte: the stream follows it
+                byte = sock.recv(1)
+                if not byte or len(head) > 64 * 1024:
+                    raise ContainerError(f"Docker cut the attach to {container_id} short")
+                head += byte
+            status = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b""
+            if status not in (b"101", b"200"):
+                line = head.split(b"\r\n", 1)[0].decode("ascii", "replace")
+                raise ContainerError(f"Docker refused the attach to {container_id}: {line}")
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def resize(self, container_id: str, cols: int, rows: int) -> None:
+        """The container's TTY size (a one-off run with a TTY)."""
+        with _docker_errors(container_id):
+            self._engine.call(
+                "POST",
+                f"/containers/{quote(container_id, safe='')}/resize",
+                {"h": rows, "w": cols},
+            )
+
+    def kill(self, container_id: str, signal_name: str) -> None:
+        """Send the container's main process a signal (`INT`, `TERM`, …)."""
+        with _docker_errors(container_id):
+            self._engine.call(
+                "POST",
+                f"/containers/{quote(container_id, safe='')}/kill",
+                {"signal": f"SIG{signal_name}"},
+            )
 
     def is_running(self, container_id: str) -> bool:
         try:
@@ -415,7 +527,7 @@ class Containers:
             raise EngineUnavailable(f"the Docker engine did not answer: {e}") from e
         with response:
             try:
-                for stream, frame in _frames(response.chunks()):
+                for stream, frame in frames(response.chunks()):
                     stamp, _, data = frame.partition(b" ")
                     yield stream, stamp.decode("ascii", "replace"), data
             except OSError as e:
@@ -434,12 +546,47 @@ class Containers:
         return self._init
 
 
+def _pull_progress(chunks: Iterator[bytes], image: str) -> None:
+    """Reads a pull's answer (a JSON object per line) to its end; an `error` in it (the
+    engine reports failures after it began answering 200 this way) is PullFailed."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            _pull_line(line, image)
+    _pull_line(buffer, image)
+
+
+def _pull_hint(message: str) -> str:
+    if "unauthorized" in message or "authentication required" in message:
+        return (
+            " (the registry refused the framework's credentials: its"
+            " DATA_DIR/registry/credentials.json must be the registry's)"
+        )
+    if "server gave HTTP response to HTTPS client" in message:
+        return " (list the registry in this engine's insecure-registries, or give it TLS)"
+    return ""
+
+
+def _pull_line(line: bytes, image: str) -> None:
+    if not line.strip():
+        return
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return
+    if isinstance(message, dict) and message.get("error"):
+        error = str(message["error"])[:500]
+        raise PullFailed(f"could not pull {image}: {error}{_pull_hint(error)}")
+
+
 def _image_ref(image: str) -> str:
     """An image reference in a path: `/` and `:` stay (the engine's route takes them)."""
     return quote(image, safe="/:@")
 
 
-def _frames(chunks: Iterator[bytes]) -> Iterator[tuple[Stream, bytes]]:
+def frames(chunks: Iterator[bytes]) -> Iterator[tuple[Stream, bytes]]:
     """The Engine API's multiplexed stream (for containers without a TTY): each frame is an
     8-byte header (stream type: 1 stdout, 2 stderr; 3 zero bytes; big-endian length), then
     that many bytes. `chunks` may split the stream anywhere; an incomplete last frame is

@@ -71,14 +71,16 @@ class Engine:
         query: Mapping[str, Any] | None = None,
         body: Any = None,
         timeout: float | None = DEFAULT_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
     ) -> http1.Response:
         """One call whose answer the caller reads (a stream); raises EngineError on an error
-        status (the answer is closed then)."""
+        status (the answer is closed then). `headers`: e.g. a pull's X-Registry-Auth."""
         response = http1.request(
             self.endpoint,
             method,
             http1.path_with_query(f"/v{API_VERSION}{path}", query),
             json_body=body,
+            headers=headers,
             connect_timeout=self.timeout,
             timeout=timeout,
         )

@@ -35,7 +35,9 @@ Threads: the driver's "mesos-executor" thread runs the callbacks, which only dec
 (they never wait on Docker); "status-updates" sends the queued updates to the agent in order;
 per task, "task" starts the container and waits for it to end, "health" probes it, "logs"
 copies its output into `$MESOS_SANDBOX/stdout` and `stderr` (and hands it to
-"log-ship", which sends it to berth logd), and "kill" stops it. The main
+"log-ship", which sends it to berth logd), and "kill" stops it. An attached one-off run
+(payload `attach_url`) has no "logs": "attach-out" and "attach-in" (executor/attach.py)
+bridge its container to the API's rendezvous, and the client going away stops it. The main
 thread waits for the task to end or for SIGTERM/SIGINT (handled as a shutdown). Each task's
 state is changed only under its lock, which is also where its updates are queued.
 
@@ -70,6 +72,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from berth.executor.attach import Bridge
 from berth.executor.containers import (
     ContainerError,
     ContainerNotFound,
@@ -105,6 +108,8 @@ LOG_SHIP_FLUSH = 3.0  # of that, for the last lines to reach berth logd (if it a
 SEND_TIMEOUT = 30.0  # for the status-updates thread to hand one update to the agent
 DELIVERY_TIMEOUT = 15 * 60.0  # Mesos's default agent recovery timeout
 WAIT_RETRIES = 60  # Docker failing to report a container's end, each after a pause ≤ 5 s
+RUN_PROCESS = "run"  # framework/runs.py: one-off runs' tasks
+GONE_GRACE = 2.0  # an attached run whose client went away: SIGTERM, SIGKILL after this
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -239,9 +244,11 @@ def _check_payload(p: Payload) -> None:
         fail(f"health check {p.health.kind!r} is not one of {', '.join(KINDS)}")
     if not is_number(p.health.startup) or p.health.startup <= 0:
         fail(f"health check startup {p.health.startup!r} is not a number > 0")
-    for name in ("app", "process", "instance"):
+    for name in ("app", "process", "instance", "attach_url", "attach_secret"):
         if not isinstance(getattr(p, name), str):
             fail(f"{name} must be a string")
+    if not isinstance(getattr(p, "tty"), bool):  # noqa: B009 - decoded JSON, whatever its hint
+        fail("tty must be true or false")
 
 
 def plan_task(
@@ -266,13 +273,17 @@ def plan_task(
         LABEL_EXECUTOR: agent.executor_id,
         LABEL_FRAMEWORK: agent.framework_id,
     }
+    one_off = payload.process == RUN_PROCESS  # a one-off run publishes no port
+    attached = one_off and bool(payload.attach_url)
     spec = ContainerSpec(
         name=container_name(task_id),
         image=payload.image,
         command=payload.command,
         env=dict(payload.env),
-        port=payload.port,
-        container_port=payload.container_port or None,
+        port=None if one_off else payload.port,
+        container_port=None if one_off else payload.container_port or None,
+        tty=attached and payload.tty,
+        stdin=attached,
         labels=labels,
         memory_bytes=payload.memory_mb * MIB,
         cpus=float(payload.cpus),
@@ -436,6 +447,7 @@ class _Task:
         self.never_healthy: str | None = None  # why the task was stopped before its first pass
         self.stop_health = threading.Event()
         self.done = threading.Event()  # terminal update handed over, container removed
+        self.bridge: Bridge | None = None  # an attached one-off run's link to its client
 
     def labels(self) -> dict[str, str]:
         labels = {LABEL_PORT: str(self.plan.payload.port)}
@@ -598,7 +610,7 @@ class BerthExecutor(Executor):
             )  # fmt: skip
             return
         try:
-            container_id, adopted = self._start(task)
+            container_id, adopted = self._start(task, driver)
         except ContainerError as e:
             log.error("container did not start: %s", e.message, extra={"task_id": task.id})
             self._end(
@@ -611,7 +623,8 @@ class BerthExecutor(Executor):
             grace = task.kill_grace
         if grace is not None:  # a kill came while the container was starting
             self._stop_container(container_id, grace)
-        logs = self._spawn("logs", self._pump, container_id)
+        # an attached run's output goes to its client (executor/attach.py), not to the logs
+        logs = self._spawn("logs", self._pump, container_id if task.bridge is None else "")
         health = self._spawn(
             "health",
             HealthWatch(
@@ -626,6 +639,8 @@ class BerthExecutor(Executor):
         task.stop_health.set()
         health.join()
         logs.join(LOG_DRAIN_TIMEOUT)
+        if task.bridge is not None:
+            task.bridge.finish(-1 if ended is None else ended.code)
         self._remove(container_id)
         state, message, reason = self._verdict(task, ended)
         data: dict[str, Any] = {
@@ -643,7 +658,7 @@ class BerthExecutor(Executor):
         )
         self._end(driver, task, state, message, reason, data)
 
-    def _start(self, task: _Task) -> tuple[str, bool]:
+    def _start(self, task: _Task, driver: ExecutorDriver) -> tuple[str, bool]:
         """Adopt this task's running container if an earlier executor left one; otherwise
         remove stopped leftovers (their name is ours) and start a new one."""
         found = self._containers.find({**self._own_labels(), LABEL_TASK: task.id})
@@ -662,7 +677,24 @@ class BerthExecutor(Executor):
                 extra={"task_id": task.id, "container": running[0].id},
             )
             return running[0].id, True
-        return self._containers.run(task.plan.spec), False
+        payload = task.plan.payload
+        if payload.registry_user:  # an image of Berth's registry: pulled if missing (docs
+            # "Artifacts"); any other image must be on this engine already (run never pulls)
+            self._containers.ensure_image(
+                task.plan.spec.image, payload.registry_user, payload.registry_password
+            )
+        before_start = None
+        if payload.attach_url and payload.process == RUN_PROCESS:
+            task.bridge = Bridge(
+                self._containers,
+                payload.attach_url,
+                payload.attach_secret,
+                task.plan.spec.tty,
+                lambda: self._kill(driver, task, GONE_GRACE, False),
+                task.id,
+            )
+            before_start = task.bridge.connect
+        return self._containers.run(task.plan.spec, before_start), False
 
     def _wait(self, container_id: str) -> Exit | None:
         """How the container ended; None if it vanished (removed outside Berth)."""
@@ -806,6 +838,8 @@ class BerthExecutor(Executor):
         """The "logs" thread: the container's output, line by line, into the sandbox and, when
         the payload names berth logd, to logd (framework/logship.py: batched, never blocking
         this thread; what cannot be shipped is counted and reported to logd later)."""
+        if not container_id:
+            return
         sandbox = self._agent.sandbox
         shipper = self._shipper()
         if not sandbox:

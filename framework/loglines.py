@@ -3,7 +3,8 @@ about it.
 
 A record is one line of an app's log: an RFC 3339 UTC timestamp with microseconds
 (`2026-01-02T03:04:05.678901Z`), the app, the source (`app` for a process's output, `router`,
-`build`, `berth` for platform events), the process (`web.1`, `run.3`, or empty), the stream
+`build`, `berth` for platform events), the process (`web.1`, `run.3`, a build's id for
+`build` lines, or empty), the stream
 (stdout or stderr) and the text (never a newline, at most MAX_TEXT_BYTES of UTF-8). It is
 stored and streamed as one JSON object per line (NDJSON) and shown to people in Heroku's
 format: `2026-01-02T03:04:05.678901Z app[web.1]: text`.
@@ -37,7 +38,8 @@ MAX_GREP_CHARS = 256
 APP = re.compile(r"^[a-z][a-z0-9-]{1,29}$")  # model.APP_NAME
 PROCESS = re.compile(r"^[a-z][a-z0-9_-]{0,29}\.[0-9]{1,6}$")  # web.1, run.3
 PROCESS_FILTER = re.compile(r"^[a-z][a-z0-9_-]{0,29}(\.[0-9]{1,6})?$")  # web or web.1
-PROCESS_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,39}$")  # any source's: web.1, router, api
+# any source's: web.1, router, api, or a build's id (12 hex digits, which may start with one)
+PROCESS_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
 TIMESTAMP = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$")
 _DURATION = re.compile(r"^([0-9]{1,9})([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -119,13 +119,15 @@ class Shipper:
         ts = timestamp(self._clock())
         self._add([Record(ts, app, "app", process, stream, t) for t in split_line(line)])
 
-    def event(self, app: str, process: str, text: str, source: str = "berth") -> None:
-        """A platform line for `app` (the platform shipper). Never blocks."""
+    def event(self, app: str, process: str, text: str, source: str = "berth") -> int:
+        """A platform line for `app` (the platform shipper). Never blocks. Returns how many of
+        its records did not fit (0: all queued), so a caller can tell the app."""
         ts = timestamp(self._clock())
         texts = split_line(text.encode())
-        self._add([Record(ts, app, source, process, "stdout", t) for t in texts])
+        return self._add([Record(ts, app, source, process, "stdout", t) for t in texts])
 
-    def _add(self, records: list[Record]) -> None:
+    def _add(self, records: list[Record]) -> int:
+        dropped = 0
         with self._lock:
             was_empty = not self._queue
             for record in records:
@@ -137,6 +139,7 @@ class Shipper:
                 ):
                     self._dropped += 1
                     self.dropped_total += 1
+                    dropped += 1
                     continue
                 self._queue.append(record)
                 self._queued_bytes += size
@@ -144,6 +147,7 @@ class Shipper:
             # per record would end its linger each time and send batches of one
             if was_empty or len(self._queue) >= BATCH_RECORDS or self._dropped:
                 self._wake.notify()
+        return dropped
 
     def close(self, timeout: float = 3.0) -> None:
         """Deliver what is queued (for at most `timeout` seconds, and only while logd answers),

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from berth.framework import jsonlog, logship, mesos_master
+from berth.framework import jsonlog, logship, mesos_master, registry
 from berth.framework.leader import Leadership
 from berth.framework.local import LocalAgent, LocalSchedulerDriver
 from berth.framework.mesos import MesosSchedulerDriver
@@ -83,7 +83,18 @@ def lead(
         instance=store.instance_id(),
         drain_seconds=drain_seconds,
         deploy_attempts=deploy_attempts,
+        api_url=settings.api_url,  # attached one-off runs meet their client there
+        registry=settings.registry,
+        # executors pull images from Berth's registry with these (docs "Artifacts")
+        registry_credentials=(
+            registry.load_or_create_credentials(settings.data_dir) if settings.registry else None
+        ),
     )
+    if master != "local" and not settings.registry:
+        log.warning(
+            "no --registry: agents on other hosts cannot pull the images `git push` builds"
+            " (berth server runs one with a Mesos --master)"
+        )
     if agent is not None:
         agent.start()
     logs = logship.LogLink(settings.logs_url, logship.load_or_create_key(settings.data_dir)).start()

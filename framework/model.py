@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from berth.framework import registry
 from berth.framework.errors import Invalid
 
 APP_NAME = re.compile(r"^[a-z][a-z0-9-]{1,29}$")
@@ -304,17 +305,33 @@ class Artifact:
     kind: str
     ref: str
     port: int | None = None
+    # `sha256:…` of an image pushed to Berth's registry (framework/registry.py): `ref` is then
+    # `HOST:PORT/berth/app-<app>:<tag>`, and agents run `image`, pinned by this digest.
+    digest: str | None = None
+
+    @property
+    def image(self) -> str:
+        """The reference a task runs: `repo@digest` when pushed, else `ref`."""
+        return registry.pinned(self.ref, self.digest)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "ref": self.ref}
         if self.port is not None:
             out["port"] = self.port
+        if self.digest is not None:
+            out["digest"] = self.digest
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Artifact:
         port = data.get("port")
-        return cls(kind=data["kind"], ref=data["ref"], port=None if port is None else int(port))
+        digest = data.get("digest")
+        return cls(
+            kind=data["kind"],
+            ref=data["ref"],
+            port=None if port is None else int(port),
+            digest=None if digest is None else str(digest),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,7 +557,7 @@ class Build:
     id: str
     app: str
     commit: str  # 40 hex
-    builder: str  # "dockerfile" (buildpacks later)
+    builder: str  # "dockerfile", "buildpacks", or "auto" (failed before it finished)
     status: str  # BUILD_STATES
     created_by: str
     started_at: str

@@ -24,7 +24,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def settings_options(fn: F) -> F:
-    """Adds --data-dir, --zk, --api-addr, --domain, --logs-addr and passes `settings=`."""
+    """Adds --data-dir, --zk, --api-addr, --domain, --logs-addr, --registry and passes
+    `settings=`."""
 
     @click.option(
         "--data-dir",
@@ -60,12 +61,25 @@ def settings_options(fn: F) -> F:
         show_default=True,
         help="[HOST]:PORT of berth logd (it listens there; executors ship logs to it)",
     )
+    @click.option(
+        "--registry",
+        envvar="BERTH_REGISTRY",
+        default="",
+        help="HOST:PORT of Berth's image registry, as the API and every agent reach it: built"
+        " images are pushed there [default: none, or `berth server --registry-addr`'s]",
+    )
     @wraps(fn)
     def wrapper(
-        data_dir: Path | None, zk: str, api_addr: str, domain: str, logs_addr: str, **kwargs: Any
+        data_dir: Path | None,
+        zk: str,
+        api_addr: str,
+        domain: str,
+        logs_addr: str,
+        registry: str,
+        **kwargs: Any,
     ) -> Any:
         try:
-            settings = make_settings(data_dir, zk, api_addr, domain, logs_addr)
+            settings = make_settings(data_dir, zk, api_addr, domain, logs_addr, registry)
         except BerthError as exc:
             raise click.UsageError(exc.message) from None
         return fn(settings=settings, **kwargs)
@@ -84,6 +98,7 @@ def settings_args(settings: Settings) -> list[str]:
         f"--api-addr={host}:{settings.api_port}",
         f"--domain={settings.domain}",
         f"--logs-addr={logs_host}:{settings.logs_port}",
+        *([f"--registry={settings.registry}"] if settings.registry else []),
     ]
 
 

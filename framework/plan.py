@@ -15,6 +15,9 @@ Rules:
   to 300 s; reset by a new release or 10 minutes up).
 - Duplicates (a partitioned task that came back) are killed, keeping a healthy, older one.
 - Tasks of apps that no longer exist are killed.
+- One-off runs (runs.py): each pending run of `Desired.runs` is launched once, as process
+  `run`, index N, from the run's own release; its tasks are never counted in a formation,
+  replaced, restarted or killed by the plan (`ps:stop` and the end of the run end them).
 - Placement: pending slots go to offers with room for the task plus its executor (cpus, mem,
   disk, one port from the offer's ranges), preferring agents with the fewest tasks of the same
   app and process (spread), then the roomiest. Unused offers are declined.
@@ -31,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from berth.framework.model import Task
+from berth.framework.runs import PROCESS as RUN
 
 # Tasks that no longer hold their slot: being killed, or on an agent out of reach (it may still
 # run; if it comes back it is a duplicate and is killed then).
@@ -77,6 +81,16 @@ class Desired:
     needs: Mapping[str, Resources]
     # process type → epoch: tasks launched before count as old (`ps:restart`, rolling)
     restarted: Mapping[str, float] = field(default_factory=dict)
+    runs: Sequence[PendingRun] = ()  # one-off runs not launched yet
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRun:
+    """A one-off run waiting for its launch: its number (the task's index) and release."""
+
+    number: int
+    release: int
+    needs: Resources
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,12 +172,16 @@ def plan(
     # (app, process) → index → live tasks
     groups: dict[tuple[str, str], dict[int, list[Task]]] = defaultdict(lambda: defaultdict(list))
     kills: list[str] = []
+    launched_runs: set[tuple[str, int]] = set()  # (app, run number) with a live task
     for task in tasks:
         if not task.live:
             continue
         if task.app not in wanted:
             if task.state != "killing":
                 kills.append(task.id)
+            continue
+        if task.process == RUN:
+            launched_runs.add((task.app, task.index))
             continue
         groups[(task.app, task.process)][task.index].append(task)
     processes_of: dict[str, set[str]] = defaultdict(set)
@@ -174,7 +192,12 @@ def plan(
     waiting_until: float | None = None
     for app in sorted(wanted):
         want = wanted[app]
+        for run in want.runs:
+            if (app, run.number) not in launched_runs:
+                pending.append(_Pending(app, RUN, run.number, run.release, run.needs))
         for process in sorted(set(want.formation) | processes_of[app]):
+            if process == RUN:
+                continue  # a Procfile type named `run` would collide with one-off runs
             quantity = want.formation.get(process, 0)
             slots = groups.get((app, process), {})
             for index in sorted(slots):

@@ -21,6 +21,12 @@ Rules beyond plan.py:
   traffic, since the router only routes to healthy tasks;
 - apps are planned only from a complete, successful read of the desired state: a ZooKeeper
   hiccup never looks like "every app was deleted".
+- platform lines go to the apps' logs (berth logd): releases and scaling (loglines.py),
+  crashes, and deploys started and finished (deploylog.py).
+- one-off runs (runs.py): a pending run is launched once (plan.py) and its record marked
+  launched; its task never backs off, never counts as a failed start, is never replaced; when
+  the task ends (or is gone: after a restart or failover too) the record is finished with its
+  exit code. An attached run's executor gets the API's rendezvous URL and the run's secret.
 Must not import berth.api, berth.cli or berth.executor.
 """
 
@@ -38,7 +44,8 @@ from typing import Any
 
 from addict import Dict
 
-from berth.framework import checks, mesos
+from berth.framework import checks, deploylog, mesos, registry
+from berth.framework.deploylog import Wanted
 from berth.framework.errors import BerthError, Conflict
 from berth.framework.loglines import AppState, crash_text, state_changes
 from berth.framework.logship import LogLink
@@ -49,7 +56,22 @@ from berth.framework.model import (
     Release,
     Task,
 )
-from berth.framework.plan import Backoff, Desired, Offer, Plan, Resources, backoff_after_exit, plan
+from berth.framework.plan import (
+    Backoff,
+    Desired,
+    Offer,
+    PendingRun,
+    Plan,
+    Resources,
+    backoff_after_exit,
+    plan,
+)
+from berth.framework.registry import Credentials
+from berth.framework.runs import FINISHED as RUN_FINISHED
+from berth.framework.runs import LAUNCHED as RUN_LAUNCHED
+from berth.framework.runs import PENDING as RUN_PENDING
+from berth.framework.runs import PROCESS as RUN
+from berth.framework.runs import Run
 from berth.framework.state import Store
 from berth.framework.taskinfo import HealthCheck, Payload, build_task_info, task_env
 
@@ -93,6 +115,13 @@ class Options:
     # A release whose tasks fail this many starts (never healthy) is rolled back, if an older
     # release is serving.
     deploy_attempts: int = 3
+    # Berth's registry (framework/registry.py): HOST:PORT and its credentials, given to the
+    # executors of tasks whose image lives there so they can pull it. None: no registry.
+    registry: str = ""
+    registry_credentials: Credentials | None = None
+    # Where executors of attached one-off runs reach the API's rendezvous (settings.api_url;
+    # "" = none: runs are launched detached).
+    api_url: str = ""
 
 
 class Events(mesos.Scheduler):
@@ -164,6 +193,7 @@ class Scheduler:
         self._clock = clock
         self._logs = logs  # berth logd: executors' log tokens, platform events
         self._announced: dict[str, AppState] | None = None  # releases, formations told to logd
+        self._deploys: dict[str, int] | None = None  # app → release whose deploy is followed
         self._tasks: dict[str, Task] = {}
         self._backoffs: dict[tuple[str, str, int], Backoff] = {}
         self._offers: dict[str, Offer] = {}
@@ -183,6 +213,10 @@ class Scheduler:
         self._draining: dict[str, float] = {}  # task id → when to send its KILL
         self._failed_starts: dict[tuple[str, int], int] = {}  # (app, release) → count
         self._routed: dict[str, set[str]] = {}  # app → process types TCP routes point at
+        self._runs: dict[tuple[str, int], Run] = {}  # (app, number) → pending one-off runs
+        # (app, its created_at: a new app of the same name starts again) → runs known
+        # finished, not read again
+        self._finished_runs: dict[tuple[str, str], set[int]] = {}
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -287,7 +321,7 @@ class Scheduler:
             message=str(status.message or task.message),
             exit_code=data.get("exit_code", task.exit_code),
         )
-        if state in CRASHES and task.state != "killing":
+        if state in CRASHES and task.state != "killing" and task.process != RUN:
             slot = task.slot
             backoff = backoff_after_exit(
                 self._backoffs.get(slot), task.release, now, now - (task.started_at or now)
@@ -333,6 +367,7 @@ class Scheduler:
             self._desired, self._tasks.values(), list(self._offers.values()), self._backoffs, now
         )
         self._act(decided, now)
+        self._report_deploys()
 
     def _read_desired(self) -> list[Desired]:
         desired = []
@@ -350,12 +385,70 @@ class Scheduler:
                 for process in formation
             }
             restarts = self._store.get_restarts(app.name)
-            desired.append(Desired(app.name, release.version, formation, needs, restarts))
+            runs = self._pending_runs(app.name, app.created_at)
+            desired.append(Desired(app.name, release.version, formation, needs, restarts, runs))
         routed: dict[str, set[str]] = {}
         for route in self._store.all_tcp_routes():
             routed.setdefault(route.app, set()).add(route.process)
         self._routed = routed
         return desired
+
+    def _pending_runs(self, app: str, created_at: str) -> list[PendingRun]:
+        """The app's runs still to launch; and runs whose task has ended (or is gone, as after
+        a restart) are finished here, with its exit code."""
+        pending = []
+        live = {t.index: t for t in self._tasks.values() if t.app == app and t.process == RUN}
+        if len(self._finished_runs) > 10000:  # apps come and go: forget what may be stale
+            self._finished_runs.clear()
+        finished = self._finished_runs.setdefault((app, created_at), set())
+        for run in self._store.list_runs(app, skip=finished):
+            key = (app, run.number)
+            self._runs.pop(key, None)
+            if run.state == RUN_FINISHED:
+                finished.add(run.number)
+                continue
+            task = self._tasks.get(run.task_id) if run.task_id else live.get(run.number)
+            if run.state == RUN_PENDING and task is None:
+                self._runs[key] = run
+                pending.append(
+                    PendingRun(run.number, run.release, Resources(run.cpus, run.memory_mb))
+                )
+            elif task is None or not task.live:
+                self._finish_run(run, task)
+            elif run.state == RUN_PENDING:  # launched, but the framework stopped before saying so
+                self._mark_launched(app, run.number, task.id)
+        return pending
+
+    def _mark_launched(self, app: str, number: int, task_id: str) -> None:
+        def change(run: Run) -> Run | None:
+            if run.state != RUN_PENDING:
+                return None
+            return replace(run, state=RUN_LAUNCHED, task_id=task_id)
+
+        self._store.change_run(app, number, change)
+
+    def _finish_run(self, run: Run, task: Task | None) -> None:
+        outcome = task.state if task is not None else "lost"
+        code = task.exit_code if task is not None else None
+        message = task.message if task is not None else "its task is gone"
+
+        def change(current: Run) -> Run | None:
+            if current.state == RUN_FINISHED:
+                return None
+            return replace(
+                current,
+                state=RUN_FINISHED,
+                secret="",
+                exit_code=code,
+                outcome=outcome,
+                message=message,
+            )
+
+        self._store.change_run(run.app, run.number, change)
+        log.info(
+            "run finished",
+            extra={"app": run.app, "run": run.number, "outcome": outcome, "exit_code": code},
+        )
 
     def _announce(self, desired: list[Desired]) -> None:
         """Platform log lines for new releases and formation changes (loglines.py)."""
@@ -370,6 +463,15 @@ class Scheduler:
         for app, text in state_changes(self._announced, now):
             self._logs.event(app, "", text)
         self._announced = now
+
+    def _report_deploys(self) -> None:
+        """`Deploy of vN started (…)` / `finished` platform lines (deploylog.py)."""
+        if self._logs is None or self._desired is None:
+            return
+        wanted = [Wanted(d.app, d.release, d.formation) for d in self._desired]
+        self._deploys, lines = deploylog.progress(self._deploys, wanted, self._tasks.values())
+        for app, text in lines:
+            self._logs.event(app, "", text)
 
     def _honour_stops(self, now: float) -> None:
         """`ps:stop` requests: kill the task (the plan replaces it), drop the request."""
@@ -397,13 +499,16 @@ class Scheduler:
             if launch.process != "web":
                 inside = 0
             assert release.artifact is not None
+            run = None
+            if launch.process == RUN:
+                run = self._runs.pop((launch.app, launch.index), None)
             command = release.process_types.get(launch.process) or ""
             payload = Payload(
                 app=launch.app,
                 process=launch.process,
                 index=launch.index,
                 release=launch.release,
-                image=release.artifact.ref,
+                image=release.artifact.image,  # pinned by digest when pushed to a registry
                 command=["/bin/sh", "-c", command] if command else None,
                 env=task_env(
                     release.config,
@@ -421,11 +526,28 @@ class Scheduler:
                 grace_seconds=self._options.grace_seconds,
                 health=HealthCheck(check.type, check.path, float(check.startup)),
             )
+            if run is not None:  # a one-off run: its own argv, no health check, no restarts
+                payload = replace(
+                    payload, command=list(run.command), health=HealthCheck("none"), tty=run.tty
+                )
+                if run.attach and self._options.api_url:
+                    payload = replace(
+                        payload,
+                        attach_url=f"{self._options.api_url}/v1/apps/{run.app}/runs/"
+                        f"{run.number}/rendezvous",
+                        attach_secret=self._store.run_secret(run),
+                    )
             if self._logs is not None:  # the executor ships the output to berth logd
                 token = self._logs.task_token(
                     launch.app, f"{launch.process}.{launch.index}", launch.release
                 )
                 payload = replace(payload, logs_url=self._logs.url, logs_token=token)
+            creds = self._options.registry_credentials
+            if creds is not None and registry.under(self._options.registry, payload.image):
+                # the executor pulls the image with these, like config, in TaskInfo.data
+                payload = replace(
+                    payload, registry_user=creds.username, registry_password=creds.password
+                )
             info = build_task_info(
                 launch,
                 self._framework_id,
@@ -447,6 +569,8 @@ class Scheduler:
             )
             self._tasks[task.id] = task
             self._store.put_task(task)  # known before launched: an update can't be "unknown"
+            if run is not None:
+                self._mark_launched(run.app, run.number, task.id)
             by_offer.setdefault(launch.offer_id, []).append(info)
         for offer_id, infos in by_offer.items():
             self._offers.pop(offer_id, None)

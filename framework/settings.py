@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from berth.framework.errors import Invalid
+from berth.framework.registry import parse_registry
 
 DEFAULT_ZK = "127.0.0.1:2181/berth"
 DEFAULT_API_ADDR = ":7070"
@@ -33,6 +34,9 @@ class Settings:
     domain: str
     logs_host: str = "127.0.0.1"
     logs_port: int = 7071
+    # Berth's image registry, HOST:PORT as the API and every agent reach it ("" = none: images
+    # stay on the engine that built them). framework/registry.py, docs "Artifacts".
+    registry: str = ""
 
     @property
     def zk(self) -> str:
@@ -81,6 +85,7 @@ def make_settings(
     api_addr: str,
     domain: str,
     logs_addr: str = DEFAULT_LOGS_ADDR,
+    registry: str = "",
 ) -> Settings:
     hosts, chroot = parse_zk(zk)
     host, port = parse_addr(api_addr)
@@ -94,4 +99,5 @@ def make_settings(
         domain=domain.strip(".").lower(),
         logs_host=logs_host,
         logs_port=logs_port,
+        registry=parse_registry(registry) if registry else "",
     )

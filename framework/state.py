@@ -31,6 +31,15 @@ The znode tree, under the chroot given by `--zk HOSTS/chroot` (default `/berth`)
     /apps/<name>/drains            {"drains": [{"id", "url", "created_at"}, …]}: the app's log
                                    drains (drainurl.py), at most 10, changed by CAS; created
                                    with the first one. `berth logd` watches these.
+    /apps/<name>/runs              {"next": N}: the app's one-off run counter (created with its
+                                   first run); a run's number comes from a CAS on it, in one
+                                   transaction with the run's znode
+    /apps/<name>/runs/<N>          one per one-off run (framework/runs.py), N zero-padded to 10
+                                   digits: {"command": [argv], "release", "attach", "tty",
+                                   "memory_mb", "cpus", "created_by", "created_at", "secret":
+                                   sealed (bound to `run:<app>/<N>`), "state": pending|launched|
+                                   finished, "task_id", "exit_code", "outcome"}; changed by CAS;
+                                   the newest 50 finished ones are kept
     /stops/<task id>               a request (`ps:stop`) for the leader to kill that task
     /framework/id                  {"id": …}: the Mesos FrameworkInfo id, kept across failovers
     /framework/election/…          leader election (leader.py)
@@ -85,7 +94,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any
@@ -136,6 +145,9 @@ from berth.framework.model import (
     validate_route_port,
 )
 from berth.framework.routing import validate_routing
+from berth.framework.runs import FINISHED as RUN_FINISHED
+from berth.framework.runs import KEEP_FINISHED as KEEP_FINISHED_RUNS
+from berth.framework.runs import Run
 from berth.framework.sealing import Sealer
 
 log = logging.getLogger(__name__)
@@ -407,6 +419,8 @@ class Store:
                 paths = [f"/apps/{name}/releases/{r}" for r in releases]
                 if "builds" in children:
                     paths += [f"/apps/{name}/builds/{b}" for b in self._build_ids(name)]
+                if "runs" in children:
+                    paths += [f"/apps/{name}/runs/{n:010d}" for n in self._run_numbers(name)]
                 for domain in domains:
                     paths += [f"/apps/{name}/domains/{domain}", f"/domains/{domain}"]
                 for port in ports:
@@ -876,6 +890,147 @@ class Store:
     def clear_stop(self, task_id: str) -> None:
         with self._mapped(f"clear the stop request of {task_id}"), suppress(NoNodeError):
             self._zk.delete_async(f"/stops/{task_id}").get(timeout=self._timeout)
+
+    # -- one-off runs (framework/runs.py) ------------------------------------------------------
+
+    def _run_numbers(self, app: str) -> list[int]:
+        try:
+            names = self._zk.get_children_async(f"/apps/{app}/runs").get(timeout=self._timeout)
+        except NoNodeError:
+            return []
+        return sorted(int(n) for n in names if n.isdigit())
+
+    def create_run(
+        self,
+        app: str,
+        command: Sequence[str],
+        *,
+        attach: bool,
+        tty: bool,
+        memory_mb: int,
+        cpus: float,
+        created_by: str,
+        secret: str,
+    ) -> Run:
+        """A pending run of the app's newest release, numbered from the app's run counter
+        (`/apps/<app>/runs` data, CAS) in one transaction with its znode. Invalid if the app
+        has nothing to run yet. Finished runs beyond KEEP_FINISHED are dropped, oldest first."""
+        release = self.get_release(app)
+        if release.artifact is None:
+            raise Conflict(f"{app} has no build to run yet: push or deploy first")
+        for _ in range(_CAS_ATTEMPTS):
+            with self._mapped(f"create a run of {app}"):
+                try:
+                    counter, stat = self._get(f"/apps/{app}/runs")
+                except NoNodeError:
+                    self.get_app(app)
+                    with suppress(NodeExistsError):
+                        self._zk.create_async(f"/apps/{app}/runs", _dump({"next": 1})).get(
+                            timeout=self._timeout
+                        )
+                    continue
+                number = int(counter.get("next", 1))
+                run = Run(
+                    app=app,
+                    number=number,
+                    command=tuple(command),
+                    release=release.version,
+                    attach=attach,
+                    tty=tty,
+                    memory_mb=memory_mb,
+                    cpus=cpus,
+                    created_by=created_by,
+                    created_at=now(),
+                    secret=self._need_sealer().seal(secret.encode(), f"run:{app}/{number}"),
+                )
+                failure = self._failure(
+                    self._commit(
+                        [
+                            (
+                                "set_data",
+                                f"/apps/{app}/runs",
+                                _dump({"next": number + 1}),
+                                stat.version,
+                            ),
+                            ("create", f"/apps/{app}/runs/{number:010d}", _dump(run.to_json())),
+                        ]
+                    )
+                )
+            if failure is None:
+                self._trim_runs(app)
+                log.info("run created", extra={"app": app, "run": number})
+                return run
+            if isinstance(failure, NoNodeError):
+                raise NotFound(f"no app named {app}")
+            if not isinstance(failure, BadVersionError | NodeExistsError):
+                raise BerthError(f"could not create a run of {app}: {type(failure).__name__}")
+        raise Conflict(f"runs of {app} are being created too fast; try again")
+
+    def _trim_runs(self, app: str) -> None:
+        with self._mapped(f"drop old runs of {app}"):
+            finished = [r for r in self.list_runs(app) if r.state == RUN_FINISHED]
+            for run in finished[:-KEEP_FINISHED_RUNS]:
+                with suppress(NoNodeError):
+                    self._zk.delete_async(f"/apps/{app}/runs/{run.number:010d}").get(
+                        timeout=self._timeout
+                    )
+
+    def get_run(self, app: str, number: int) -> Run:
+        with self._mapped(f"read run {number} of {app}"):
+            try:
+                data, _ = self._get(f"/apps/{app}/runs/{number:010d}")
+            except NoNodeError:
+                self.get_app(app)
+                raise NotFound(f"{app} has no run.{number}") from None
+        return Run.from_json(data)
+
+    def list_runs(self, app: str, skip: Collection[int] = ()) -> list[Run]:
+        """The app's run records, oldest first (none for an app that never ran one); those
+        numbered in `skip` are not read (the scheduler skips runs it knows are finished)."""
+        with self._mapped(f"list runs of {app}"):
+            numbers = [n for n in self._run_numbers(app) if n not in skip]
+            pending = [self._zk.get_async(f"/apps/{app}/runs/{n:010d}") for n in numbers]
+            runs = []
+            for result in pending:
+                try:
+                    raw, _ = result.get(timeout=self._timeout)
+                except NoNodeError:
+                    continue
+                runs.append(Run.from_json(_load(raw)))
+        return runs
+
+    def change_run(self, app: str, number: int, change: Callable[[Run], Run | None]) -> Run | None:
+        """CAS: `change` gets the current record and returns the new one (None: leave it).
+        None if the run (or its app) is gone."""
+        path = f"/apps/{app}/runs/{number:010d}"
+        for _ in range(_CAS_ATTEMPTS):
+            with self._mapped(f"change run {number} of {app}"):
+                try:
+                    data, stat = self._get(path)
+                except NoNodeError:
+                    return None
+                current = Run.from_json(data)
+                changed = change(current)
+                if changed is None:
+                    return current
+                try:
+                    self._zk.set_async(path, _dump(changed.to_json()), version=stat.version).get(
+                        timeout=self._timeout
+                    )
+                except BadVersionError:
+                    continue
+                except NoNodeError:
+                    return None
+            return changed
+        raise Conflict(f"run {number} of {app} is changing too fast; try again")
+
+    def run_secret(self, run: Run) -> str:
+        """The run's secret in clear ("" once finished): the framework gives it to the
+        executor, the API compares what the executor presents with it."""
+        if not run.secret:
+            return ""
+        sealed = self._need_sealer().open(run.secret, f"run:{run.app}/{run.number}")
+        return sealed.decode()
 
     # -- custom domains ----------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """`berth server`: run Berth's processes on one machine and keep them running. Each
-component is its own process (`berth api`, `berth logd`, `berth framework`, `berth router`),
+component is its own process (`berth api`, `berth logd`, `berth framework`, `berth router`,
+and `berth registry` with `--registry-addr` or a Mesos master),
 started with the same settings, restarted with backoff (1 s doubling to 30 s, reset after a
 minute up) if it dies, and stopped with SIGTERM (SIGKILL after a grace period) when the
 server is asked to stop. Starts children by command line only: imports no other berth package.
@@ -10,18 +11,20 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 
 import click
 
-from berth.framework import jsonlog
+from berth.framework import jsonlog, registry
+from berth.framework.errors import BerthError
 from berth.framework.options import master_option, settings_args, settings_options
-from berth.framework.settings import Settings
+from berth.framework.settings import Settings, parse_addr
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +141,41 @@ def router_tls_args(
     return tuple(args)
 
 
+def registry_component(
+    settings: Settings, master: str, registry_addr: str | None
+) -> tuple[Settings, Child] | None:
+    """`berth registry` as a child when `--registry-addr` is given, or by default with a
+    Mesos master (agents on other hosts must pull what the API builds). The settings every
+    child gets then name the registry (`--registry`), unless one was given: this host's
+    loopback in local mode, else its FQDN (docs/architecture.md "Artifacts")."""
+    if registry_addr is None and master == "local":
+        return None
+    addr = registry_addr or f":{registry.DEFAULT_PORT}"
+    try:
+        host, port = parse_addr(addr)
+    except BerthError as exc:
+        raise click.UsageError(f"--registry-addr: {exc.message}") from None
+    if not settings.registry:
+        if host not in ("0.0.0.0", "::"):  # noqa: S104
+            reach = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        elif master == "local":
+            reach = f"127.0.0.1:{port}"
+        else:
+            reach = f"{socket.getfqdn()}:{port}"
+        settings = replace(settings, registry=reach)
+    child = Child(
+        "registry",
+        [
+            sys.executable,
+            "-m",
+            "berth.framework.registryd",
+            *settings_args(settings),
+            f"--listen={addr}",
+        ],
+    )
+    return settings, child
+
+
 @click.command("server")
 @settings_options
 @master_option
@@ -168,6 +206,12 @@ def router_tls_args(
 @click.option("--acme-directory", help="The ACME directory URL [default: Let's Encrypt]")
 @click.option("--acme-email", help="The ACME account's contact")
 @click.option("--acme-ca-bundle", help="A CA file the router trusts for the ACME directory")
+@click.option(
+    "--registry-addr",
+    envvar="BERTH_REGISTRY_ADDR",
+    help="[HOST]:PORT where `berth registry` (docker-registry) listens; built images are"
+    f" pushed there [default: off in local mode, :{registry.DEFAULT_PORT} with a Mesos --master]",
+)
 def command(
     settings: Settings,
     master: str,
@@ -178,6 +222,7 @@ def command(
     acme_directory: str | None,
     acme_email: str | None,
     acme_ca_bundle: str | None,
+    registry_addr: str | None,
 ) -> None:
     """Run Berth on this machine: the API, the log aggregator, the framework (scheduler) and
     the router."""
@@ -189,6 +234,9 @@ def command(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    registry_child = registry_component(settings, master, registry_addr)
+    if registry_child is not None:  # the others get --registry through settings_args
+        settings, child = registry_child
     children = [
         Child(
             name,
@@ -210,6 +258,8 @@ def command(
         )
         for name, module in COMPONENTS.items()
     ]
+    if registry_child is not None:
+        children.insert(0, child)
     log.info("berth server starting", extra={"components": list(COMPONENTS), "zk": settings.zk})
     Supervisor(children).run(stop)
     log.info("berth server stopped")

@@ -67,6 +67,16 @@ class Payload:
     # (loglines.task_token: it may write this app's and process's lines only). "" = don't ship.
     logs_url: str = ""
     logs_token: str = ""
+    # Berth's registry (framework/registry.py): when `image` lives there, the credentials the
+    # executor pulls it with if its engine lacks it. "" = no registry / pull without auth.
+    registry_user: str = ""
+    registry_password: str = ""
+    # A one-off run (framework/runs.py): `tty` gives its container a TTY; with `attach_url`,
+    # the executor dials that websocket (the API's rendezvous), proves itself with
+    # `attach_secret` and bridges the container's stdin/stdout/stderr to it (attach.py).
+    tty: bool = False
+    attach_url: str = ""
+    attach_secret: str = ""
 
     @property
     def labels(self) -> dict[str, str]:

@@ -27,6 +27,9 @@ BERTH_DEBIAN_PACKAGES=(zookeeper default-jre-headless git ca-certificates curl h
 # The stack images (buildpacks/stack.py): mmdebstrap writes Debian's root filesystems; uidmap
 # gives it subordinate ids when it runs as a user.
 BERTH_DEBIAN_PACKAGES+=(mmdebstrap uidmap)
+# Berth's image registry in Mesos mode (framework/registryd.py): distribution 2.8, and
+# htpasswd (bcrypt) for its generated password.
+BERTH_DEBIAN_PACKAGES+=(docker-registry apache2-utils)
 
 # What only the tests need: busybox-static (the test image) and pebble (Let's Encrypt's test
 # ACME server, with its challenge test server as DNS).

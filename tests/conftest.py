@@ -3,17 +3,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
+import docker.errors
 import pytest
 import requests
 
-from tests.support import images
+from berth.buildpacks import stack
+from tests.support import images, stackimages
 from tests.support.services import BerthApi, ZooKeeper, zookeeper_available
+from tests.support.stackimages import StackBuild
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -49,6 +54,33 @@ def test_image(docker_client: docker.DockerClient) -> str:
     """The busybox test image's tag, imported from Debian's busybox-static when missing."""
     need(images.busybox_available(), "busybox (Debian package busybox-static)")
     return images.ensure_test_image(docker_client)
+
+
+@pytest.fixture(scope="session")
+def stack_build(
+    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StackBuild]:
+    """Both stack images, built (forced) once per session under `berth-test` and removed at
+    the end. Locally, BERTH_TEST_STACK_REPOSITORY=berth reuses existing images instead (no
+    build: test_stack.py's build checks skip); CI refuses that shortcut."""
+    reuse = os.environ.get("BERTH_TEST_STACK_REPOSITORY", "")
+    if reuse and IN_CI:
+        pytest.fail("BERTH_TEST_STACK_REPOSITORY is a local shortcut; CI builds the stack")
+    need(shutil.which("mmdebstrap") is not None, "mmdebstrap (Debian packages mmdebstrap, uidmap)")
+    work_dir = tmp_path_factory.mktemp("stack")
+    progress: list[str] = []
+    found = stack.ensure_stack(
+        docker_client,
+        progress.append,
+        work_dir=work_dir,
+        force=not reuse,
+        repository=reuse or stackimages.REPOSITORY,
+    )
+    yield StackBuild(found, work_dir, progress, reuse or stackimages.REPOSITORY, not reuse)
+    if not reuse:
+        for image in (found.build, found.run):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(image.image_id, force=True)
 
 
 @pytest.fixture

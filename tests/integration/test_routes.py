@@ -42,14 +42,16 @@ def routes(app: Flask) -> Iterator[tuple[str, str]]:
 def test_every_route_but_healthz_needs_a_token(flask_app: Flask) -> None:
     client = flask_app.test_client()
     walked = 0
+    websockets = {r.rule for r in flask_app.url_map.iter_rules() if r.websocket}
     for rule, method in routes(flask_app):
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", "x1", rule)
+        upgrade = {"Connection": "Upgrade", "Upgrade": "websocket"} if rule in websockets else {}
         for headers in (
             {},
             {"Authorization": "Bearer nope"},
             {"Authorization": "Bearer berth_000000000000_" + "A" * 43},
         ):
-            response = client.open(path, method=method, headers=headers, json={})
+            response = client.open(path, method=method, headers={**headers, **upgrade}, json={})
             if rule in PUBLIC:
                 assert response.status_code == 200, (method, rule)
             else:

@@ -1,11 +1,11 @@
 """The stack images for real: mmdebstrap writes Debian trixie from deb.debian.org, Docker
-imports it, and containers of both images show what they hold. The images are built once for
-this module, under the repository `berth-test` (so Berth's own `berth/stack-*` images are
-never touched), and removed at the end; every container is removed after its test."""
+imports it, and containers of both images show what they hold. The images are built once per
+test session (conftest.py's `stack_build`, which the buildpack tests share), under the
+repository `berth-test` (so Berth's own `berth/stack-*` images are never touched), and removed
+at the end; every container is removed after its test."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -14,7 +14,6 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -24,38 +23,29 @@ import pytest
 from berth.buildpacks import stack
 from berth.buildpacks.stack import StackError, StackImages, StackSpec
 from tests.conftest import need
+from tests.support import stackimages
+from tests.support.stackimages import StackBuild
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-REPOSITORY = "berth-test"
+REPOSITORY = stackimages.REPOSITORY
 RUN_LABEL = "berth.test.run"
 RUN = uuid.uuid4().hex[:12]
 
 Sh = Callable[..., tuple[int, str]]  # (image, script, **containers.run kwargs) -> (code, output)
 
 
-@dataclass(frozen=True)
-class Built:
-    images: StackImages
-    work_dir: Path
-    progress: list[str]
+Built = StackBuild
 
 
 @pytest.fixture(scope="module")
-def built(
-    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Built]:
-    need(shutil.which("mmdebstrap") is not None, "mmdebstrap (Debian packages mmdebstrap, uidmap)")
-    work_dir = tmp_path_factory.mktemp("stack")
-    progress: list[str] = []
-    images = stack.ensure_stack(
-        docker_client, progress.append, work_dir=work_dir, force=True, repository=REPOSITORY
-    )
-    yield Built(images, work_dir, progress)
-    for image in (images.build, images.run):
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            docker_client.images.remove(image.image_id, force=True)
+def built(stack_build: StackBuild) -> StackBuild:
+    """The session's one forced build (conftest's `stack_build`, shared with the buildpack
+    tests so CI builds the stack once)."""
+    if not stack_build.forced:
+        pytest.skip("BERTH_TEST_STACK_REPOSITORY reuses images: the stack build is not tested")
+    return stack_build
 
 
 @pytest.fixture

@@ -90,6 +90,16 @@ def test_validation_names_what_is_wrong(changes: dict[str, str], message: str) -
         Record.from_json(record(**changes).to_json())
 
 
+def test_a_build_line_names_its_build() -> None:
+    """Build output: source build, process = the build's id (12 hex, maybe a leading digit)."""
+    line = record(source="build", process="0123456789ab", text="-----> Building")
+    assert Record.from_json(line.to_json()) == line
+    assert line.heroku() == "2026-01-02T03:04:05.678901Z build[0123456789ab]: -----> Building"
+    for bad in ("-1", ".x", "Web.1", "a" * 41):
+        with pytest.raises(Invalid, match="process"):
+            Record.from_json(record(process=bad).to_json())
+
+
 def test_from_json_refuses_non_strings_and_non_objects() -> None:
     with pytest.raises(Invalid, match="JSON object"):
         Record.from_json(["x"])
