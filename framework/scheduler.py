@@ -95,7 +95,7 @@ STATES = {
 }
 CRASHES = frozenset({"failed", "finished"})
 MAX_ROLLBACK_DESCRIPTION = 300
-REVIVE_EVERY = 5.0
+REVIVE_EVERY = 1.0  # at most one REVIVE a second; each one clears every offer filter
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +105,9 @@ class Options:
     reconcile_every: float = 600.0
     reconcile_retry: float = 5.0  # first retry of unanswered explicit reconciliation
     reconcile_retry_max: float = 600.0
-    desired_every: float = 1.0
+    # Desired state is re-read when ZooKeeper says it changed (watches on the apps, their
+    # formations, limits, restarts and runs), and at least this often (TCP routes, older apps).
+    desired_every: float = 5.0
     executor_command: list[str] | None = None
     decline_busy: float = 5.0  # refuse_seconds when something waits for a better offer
     decline_idle: float = 120.0
@@ -214,6 +216,7 @@ class Scheduler:
         self._failed_starts: dict[tuple[str, int], int] = {}  # (app, release) → count
         self._routed: dict[str, set[str]] = {}  # app → process types TCP routes point at
         self._runs: dict[tuple[str, int], Run] = {}  # (app, number) → pending one-off runs
+        self._watch = self._desired_changed  # one callable: kazoo keeps each watcher once
         # (app, its created_at: a new app of the same name starts again) → runs known
         # finished, not read again
         self._finished_runs: dict[tuple[str, str], set[int]] = {}
@@ -245,6 +248,13 @@ class Scheduler:
             except BerthError as exc:  # ZooKeeper away: act on nothing this round
                 log.warning("scheduling round skipped: %s", exc.message)
         log.info("scheduler stopped acting")
+
+    def _desired_changed(self, event: Any) -> None:
+        """A ZooKeeper watch (kazoo's thread): desired state changed; re-read it now."""
+        self._events.queue.put(("stale", ()))
+
+    def _on_stale(self) -> None:
+        self._desired = None
 
     def _handle(self, kind: str, args: tuple[Any, ...]) -> None:
         try:
@@ -371,12 +381,12 @@ class Scheduler:
 
     def _read_desired(self) -> list[Desired]:
         desired = []
-        for app in self._store.list_apps():
+        for app in self._store.list_apps(self._watch, watch_each=True):
             release = self._release(app.name, app.release)
-            formation = self._store.get_formation(app.name)
+            formation = self._store.get_formation(app.name, self._watch)
             if release.artifact is None:
                 formation = {}  # nothing to run until a build or an image deploy
-            limits = self._store.get_limits(app.name)
+            limits = self._store.get_limits(app.name, self._watch)
             needs = {
                 process: Resources(
                     cpus=float(limits.get(process, {}).get("cpus", DEFAULT_CPUS)),
@@ -384,7 +394,7 @@ class Scheduler:
                 )
                 for process in formation
             }
-            restarts = self._store.get_restarts(app.name)
+            restarts = self._store.get_restarts(app.name, self._watch)
             runs = self._pending_runs(app.name, app.created_at)
             desired.append(Desired(app.name, release.version, formation, needs, restarts, runs))
         routed: dict[str, set[str]] = {}
@@ -401,7 +411,7 @@ class Scheduler:
         if len(self._finished_runs) > 10000:  # apps come and go: forget what may be stale
             self._finished_runs.clear()
         finished = self._finished_runs.setdefault((app, created_at), set())
-        for run in self._store.list_runs(app, skip=finished):
+        for run in self._store.list_runs(app, skip=finished, watch=self._watch):
             key = (app, run.number)
             self._runs.pop(key, None)
             if run.state == RUN_FINISHED:

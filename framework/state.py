@@ -317,8 +317,8 @@ class Store:
         except self._zk.handler.timeout_exception:
             raise Unavailable(f"cannot {doing}: ZooKeeper did not answer in time") from None
 
-    def _get(self, path: str) -> tuple[dict[str, Any], Any]:
-        data, stat = self._zk.get_async(path).get(timeout=self._timeout)
+    def _get(self, path: str, watch: Watcher | None = None) -> tuple[dict[str, Any], Any]:
+        data, stat = self._zk.get_async(path, watch=watch).get(timeout=self._timeout)
         return _load(data), stat
 
     def _commit(self, ops: Sequence[Op]) -> list[Any]:
@@ -700,10 +700,11 @@ class Store:
 
     # -- formation ---------------------------------------------------------------------------
 
-    def get_formation(self, app: str) -> dict[str, int]:
+    def get_formation(self, app: str, watch: Watcher | None = None) -> dict[str, int]:
+        """`watch` (kazoo's thread; it must only signal) is called when the formation changes."""
         with self._mapped(f"read the formation of {app}"):
             try:
-                data, _ = self._get(f"/apps/{app}/formation")
+                data, _ = self._get(f"/apps/{app}/formation", watch)
             except NoNodeError:
                 raise NotFound(f"no app named {app}") from None
         return {k: int(v) for k, v in data.items()}
@@ -801,11 +802,14 @@ class Store:
 
     # -- limits, restarts, stops -------------------------------------------------------------
 
-    def _read_map(self, path: str, doing: str) -> tuple[dict[str, Any], int]:
-        """A small JSON map znode and its version; an absent one (older apps) is empty (-1)."""
+    def _read_map(
+        self, path: str, doing: str, watch: Watcher | None = None
+    ) -> tuple[dict[str, Any], int]:
+        """A small JSON map znode and its version; an absent one (older apps) is empty (-1),
+        and is not watched."""
         with self._mapped(doing):
             try:
-                data, stat = self._get(path)
+                data, stat = self._get(path, watch)
             except NoNodeError:
                 return {}, -1
         return data, stat.version
@@ -833,9 +837,9 @@ class Store:
             return merged
         raise Conflict(f"{name} of {app} are changing too fast; try again")
 
-    def get_limits(self, app: str) -> dict[str, dict[str, float]]:
+    def get_limits(self, app: str, watch: Watcher | None = None) -> dict[str, dict[str, float]]:
         self.get_app(app)
-        return self._read_map(f"/apps/{app}/limits", f"read limits of {app}")[0]
+        return self._read_map(f"/apps/{app}/limits", f"read limits of {app}", watch)[0]
 
     def set_limits(self, app: str, changes: object) -> dict[str, dict[str, float]]:
         """Validated against the newest release's process types; merged per type."""
@@ -872,8 +876,8 @@ class Store:
         checked = validate_checks(changes, self.get_release(app).process_types)
         return self._merge_map(app, "checks", checked)
 
-    def get_restarts(self, app: str) -> dict[str, float]:
-        return self._read_map(f"/apps/{app}/restarts", f"read restarts of {app}")[0]
+    def get_restarts(self, app: str, watch: Watcher | None = None) -> dict[str, float]:
+        return self._read_map(f"/apps/{app}/restarts", f"read restarts of {app}", watch)[0]
 
     def request_restart(self, app: str, process_types: list[str], at: float) -> None:
         """Tasks of these types launched before `at` are replaced, new before old."""
@@ -893,9 +897,11 @@ class Store:
 
     # -- one-off runs (framework/runs.py) ------------------------------------------------------
 
-    def _run_numbers(self, app: str) -> list[int]:
+    def _run_numbers(self, app: str, watch: Watcher | None = None) -> list[int]:
         try:
-            names = self._zk.get_children_async(f"/apps/{app}/runs").get(timeout=self._timeout)
+            names = self._zk.get_children_async(f"/apps/{app}/runs", watch=watch).get(
+                timeout=self._timeout
+            )
         except NoNodeError:
             return []
         return sorted(int(n) for n in names if n.isdigit())
@@ -984,11 +990,14 @@ class Store:
                 raise NotFound(f"{app} has no run.{number}") from None
         return Run.from_json(data)
 
-    def list_runs(self, app: str, skip: Collection[int] = ()) -> list[Run]:
+    def list_runs(
+        self, app: str, skip: Collection[int] = (), watch: Watcher | None = None
+    ) -> list[Run]:
         """The app's run records, oldest first (none for an app that never ran one); those
-        numbered in `skip` are not read (the scheduler skips runs it knows are finished)."""
+        numbered in `skip` are not read (the scheduler skips runs it knows are finished).
+        `watch` is called when a run is added or removed (once the app has had one)."""
         with self._mapped(f"list runs of {app}"):
-            numbers = [n for n in self._run_numbers(app) if n not in skip]
+            numbers = [n for n in self._run_numbers(app, watch) if n not in skip]
             pending = [self._zk.get_async(f"/apps/{app}/runs/{n:010d}") for n in numbers]
             runs = []
             for result in pending:

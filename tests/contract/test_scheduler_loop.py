@@ -62,7 +62,7 @@ def update(task_id: str, state: str, uuid: str = "AAEC", **extra: Any) -> dict[s
 class Running:
     """A scheduler (leader) running in a thread, as `berth framework` runs it."""
 
-    def __init__(self, store: Store, master: FakeMaster) -> None:
+    def __init__(self, store: Store, master: FakeMaster, desired_every: float = 0.1) -> None:
         framework = dict(FRAMEWORK)
         if fid := store.framework_id():
             framework["id"] = {"value": fid}
@@ -70,7 +70,7 @@ class Running:
         self.driver = MesosSchedulerDriver(self.events, framework, master.address, backoff_max=0.3)
         self.fence = threading.Event()
         options = Options(
-            instance="test", grace_seconds=2.0, desired_every=0.1, reconcile_retry=0.3
+            instance="test", grace_seconds=2.0, desired_every=desired_every, reconcile_retry=0.3
         )
         self.scheduler = Scheduler(store, self.events, self.driver, options)
         self.thread = threading.Thread(target=self.scheduler.run, args=(self.fence,))
@@ -103,6 +103,39 @@ def wait_for(what: Callable[[], Any], timeout: float = 15.0) -> Any:
 
 def calls_of(master: FakeMaster, kind: str) -> list[dict[str, Any]]:
     return [c for c in master.calls if c["type"] == kind]
+
+
+def test_changes_reach_the_scheduler_through_watches_not_polling(store: Store) -> None:
+    """With the periodic re-read an hour away, a scale and a new release are acted on at once:
+    ZooKeeper's watches on the app and its formation wake the scheduler, which REVIVEs."""
+    store.create_app("shop", "test")
+    store.deploy("shop", Artifact("image", "shop:v1"), {"web": ""}, "Deploy shop:v1", "test")
+    master = FakeMaster()
+    leader = Running(store, master, desired_every=3600)
+    try:
+        master.wait_subscribes(1)
+        master.subscribed("fw-1")
+        wait_for(lambda: calls_of(master, "SUPPRESS"))  # nothing is scaled yet
+
+        store.scale("shop", {"web": 1})
+        wait_for(lambda: calls_of(master, "REVIVE"))
+        master.send({"type": "OFFERS", "offers": {"offers": [offer(1)]}})
+        accept = wait_for(lambda: calls_of(master, "ACCEPT"))[0]["accept"]
+        (info,) = accept["operations"][0]["launch"]["task_infos"]
+        assert Payload.decode(info["data"]).image == "shop:v1"
+        master.send(update(info["task_id"]["value"], "TASK_RUNNING", uuid="u0", healthy=True))
+        wait_for(lambda: len(calls_of(master, "SUPPRESS")) == 2)
+
+        store.deploy("shop", Artifact("image", "shop:v2"), {"web": ""}, "Deploy shop:v2", "test")
+        wait_for(lambda: len(calls_of(master, "REVIVE")) == 2)
+        master.send({"type": "OFFERS", "offers": {"offers": [offer(2)]}})
+        second = wait_for(
+            lambda: len(calls_of(master, "ACCEPT")) == 2 and calls_of(master, "ACCEPT")
+        )
+        (info,) = second[1]["accept"]["operations"][0]["launch"]["task_infos"]
+        assert Payload.decode(info["data"]).image == "shop:v2"
+    finally:
+        leader.stop()
 
 
 def test_formation_to_tasks_and_back(store: Store) -> None:
