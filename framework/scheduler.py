@@ -346,6 +346,8 @@ class Scheduler:
                 self._failed_start(updated, str(status.message or ""))
         self._tasks[task_id] = updated
         self._store.put_task(updated)  # saved before acknowledged
+        if task.process == RUN and state in TERMINAL_STATES:
+            self._desired = None  # the run's record is finished (exit code) at the re-read
         self._driver.acknowledgeStatusUpdate(status)
         log.info(
             "task %s %s",
@@ -581,6 +583,9 @@ class Scheduler:
             self._store.put_task(task)  # known before launched: an update can't be "unknown"
             if run is not None:
                 self._mark_launched(run.app, run.number, task.id)
+                # the cached desired state still lists it as pending: re-read before the
+                # next plan, or a run that ends at once would be launched again
+                self._desired = None
             by_offer.setdefault(launch.offer_id, []).append(info)
         for offer_id, infos in by_offer.items():
             self._offers.pop(offer_id, None)
