@@ -28,7 +28,7 @@ from dulwich.repo import Repo as DulwichRepo
 from berth.buildpacks.dockerfile import BuildError, Limits
 from berth.buildpacks.slug import BuildpackBuilder, BuildpackOptions
 from tests.conftest import Api
-from tests.support import waiting
+from tests.support import images, waiting
 from tests.support.services import BerthApi, ZooKeeper, cleanup_executors
 from tests.support.stackimages import StackBuild
 
@@ -129,12 +129,7 @@ def berth(
 def remove_app_images(client: docker.DockerClient) -> None:
     """The apps' containers and images, before the session removes the stack images they are
     made from."""
-    for container in client.containers.list(all=True, filters={"label": "berth.app"}):
-        if container.labels.get("berth.app", "").startswith(PREFIX):
-            container.remove(force=True)
-    for image in client.images.list(filters={"label": "berth.app"}):
-        if image.labels.get("berth.app", "").startswith(PREFIX):
-            client.images.remove(image.id, force=True)
+    images.remove_app_artifacts(client, PREFIX)
 
 
 class Repo:

@@ -33,7 +33,7 @@ from berth.framework.sealing import Sealer, load_or_create_key
 from berth.framework.settings import make_settings
 from berth.framework.state import Store
 from tests.conftest import Api
-from tests.support import waiting
+from tests.support import images, waiting
 from tests.support.services import (
     BerthApi,
     BerthFramework,
@@ -107,12 +107,7 @@ def berth(
     b.start()
     yield b
     b.stop()
-    for container in docker_client.containers.list(all=True, filters={"label": "berth.app"}):
-        if container.labels.get("berth.app", "").startswith("gp-"):
-            container.remove(force=True)
-    for image in docker_client.images.list(filters={"label": "berth.app"}):
-        if image.labels.get("berth.app", "").startswith("gp-"):
-            docker_client.images.remove(image.id, force=True)
+    images.remove_app_artifacts(docker_client, "gp-")
 
 
 class Repo:

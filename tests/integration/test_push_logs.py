@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from tests.conftest import Api
-from tests.support import waiting
+from tests.support import images, waiting
 from tests.support.services import BerthApi, ZooKeeper, cleanup_executors
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.zookeeper, pytest.mark.haproxy]
@@ -88,12 +88,7 @@ def berth(
     b.start()
     yield b
     b.stop()
-    for container in docker_client.containers.list(all=True, filters={"label": "berth.app"}):
-        if container.labels.get("berth.app", "").startswith(PREFIX):
-            container.remove(force=True)
-    for image in docker_client.images.list(filters={"label": "berth.app"}):
-        if image.labels.get("berth.app", "").startswith(PREFIX):
-            docker_client.images.remove(image.id, force=True)
+    images.remove_app_artifacts(docker_client, PREFIX)
 
 
 class Repo:
@@ -144,9 +139,10 @@ class Repo:
 def app_images(client: docker.DockerClient, app: str) -> dict[str, str]:
     """tag → image id of the images Berth built for `app`."""
     found = {}
-    for image in client.images.list(filters={"label": f"berth.app={app}"}):
-        for tag in image.tags:
-            found[tag] = image.id
+    for image in client.api.images(filters={"label": f"berth.app={app}"}):  # no inspect races
+        for tag in image.get("RepoTags") or ():
+            if tag != "<none>:<none>":
+                found[tag] = image["Id"]
     return found
 
 

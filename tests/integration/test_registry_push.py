@@ -21,7 +21,7 @@ import requests
 
 from berth.framework.registry import load_or_create_credentials
 from tests.conftest import Api, need
-from tests.support import waiting
+from tests.support import images, waiting
 from tests.support.services import BerthApi, ZooKeeper, cleanup_executors, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.zookeeper, pytest.mark.haproxy]
@@ -70,12 +70,7 @@ def berth(
         yield b
     finally:
         b.stop()
-        for container in docker_client.containers.list(all=True, filters={"label": "berth.app"}):
-            if container.labels.get("berth.app", "").startswith(PREFIX):
-                container.remove(force=True)
-        for image in docker_client.images.list(filters={"label": "berth.app"}):
-            if image.labels.get("berth.app", "").startswith(PREFIX):
-                docker_client.images.remove(image.id, force=True)
+        images.remove_app_artifacts(docker_client, PREFIX)
 
 
 def git(path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ as Dockerfile-style changes. Its default command serves HTTP with busybox httpd 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import json
@@ -97,3 +98,17 @@ def ensure_test_image(
         )
         client.images.get(tag)  # fails loudly if the import did not land
     return tag
+
+
+def remove_app_artifacts(client: docker.DockerClient, prefix: str) -> None:
+    """Containers and images of apps whose name starts with `prefix` (a test module's apps).
+    Listed with the engine's plain listings, not the SDK's list-then-inspect, and each removal
+    tolerates a thing already gone: Berth's own pruning may remove an image meanwhile."""
+    for found in client.api.containers(all=True, filters={"label": "berth.app"}):
+        if (found.get("Labels") or {}).get("berth.app", "").startswith(prefix):
+            with contextlib.suppress(docker.errors.NotFound):
+                client.api.remove_container(found["Id"], force=True)
+    for found in client.api.images(filters={"label": "berth.app"}):
+        if (found.get("Labels") or {}).get("berth.app", "").startswith(prefix):
+            with contextlib.suppress(docker.errors.NotFound):
+                client.api.remove_image(found["Id"], force=True)
