@@ -1,10 +1,15 @@
 """One JSON log line per record, with the `extra=` fields as keys. Set once in each process's
-main; every module just uses `logging.getLogger(__name__)`. Never log a config value."""
+main; every module just uses `logging.getLogger(__name__)`. Never log a config value.
+
+`setup` also makes SIGUSR1 print every thread's stack to stderr (the process's log), so a
+process that seems stuck can be looked into without stopping it: `kill -USR1 PID`."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import signal
 import sys
 from datetime import UTC, datetime
 
@@ -39,3 +44,4 @@ def setup(process: str, level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("kazoo").setLevel(logging.WARNING)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)

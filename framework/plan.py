@@ -9,7 +9,9 @@ Rules:
 - Deploy (or rolling restart: tasks launched before the restart count as old), new before old:
   a slot holding only an older release gets a new task first; once that
   task is running and healthy the old one is killed. At most `max_surge` such replacements per
-  process type are in flight at once, so a deploy rolls through the slots.
+  process type are in flight at once, so a deploy rolls through the slots. Deploys in quick
+  succession leave a slot one old task only (serving first, then the newest release): the
+  superseded ones are killed at once, so they never hold the room the new task needs.
 - A slot with no live task (scale up, crash, lost task) is refilled at once unless its crash
   backoff says to wait (`backoff_after_exit`: first crash → relaunch now; again → 10 s doubling
   to 300 s; reset by a new release or 10 minutes up).
@@ -210,6 +212,10 @@ def plan(
                 since = want.restarted.get(process, 0.0)
                 current = [t for t in live if t.release == want.release and t.launched_at >= since]
                 old = [t for t in live if t not in current]
+                if old:  # one old task holds the slot until a new one serves; the rest go
+                    old_keep = _old_keeper(old)
+                    kills.extend(t.id for t in old if t is not old_keep)
+                    old = [old_keep]
                 if current:
                     keep = _keeper(current)
                     kills.extend(t.id for t in current if t is not keep)
@@ -249,6 +255,14 @@ def plan(
 def _keeper(tasks: list[Task]) -> Task:
     """Of several tasks in one slot, the one to keep: serving first, then the oldest."""
     return min(tasks, key=lambda t: (not t.serving, t.started_at, t.id))
+
+
+def _old_keeper(tasks: list[Task]) -> Task:
+    """Of a slot's tasks of older releases (deploys in quick succession leave several), the
+    one that holds the slot until the current release serves: serving first, then the newest
+    release, then the oldest. The others are superseded: keeping them would hold resources a
+    new task may need (a full machine would never get the offer that lets the deploy go on)."""
+    return min(tasks, key=lambda t: (not t.serving, -t.release, t.started_at, t.id))
 
 
 def _earliest(a: float | None, b: float) -> float:

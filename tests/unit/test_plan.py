@@ -133,6 +133,30 @@ def test_deploy_starts_new_before_old_one_slot_at_a_time() -> None:
     assert plan([want(web=2)], unhealthy, [offer(1)], {}, now=0).kills == []
 
 
+def test_deploys_in_quick_succession_keep_one_old_task_per_slot() -> None:
+    # v2 and v3 serve (v3 had just become healthy), v4 is starting, v5 is wanted: only v3
+    # holds the slot until v5 serves; the room the others hold is what v5 needs
+    tasks = [task(1, release=2), task(1, release=3), task(1, release=4, healthy=None)]
+    tasks[2] = replace(tasks[2], state="starting")
+    full = offer(1, cpus=WEB.cpus + EXECUTOR.cpus - 0.01)  # too small for a v5 task
+    step1 = plan([want(release=5, web=1)], tasks, [full], {}, now=0)
+    assert sorted(step1.kills) == ["shop.web.1.v2", "shop.web.1.v4"]
+    assert step1.launches == []
+    assert step1.wants_offers
+    # once their room is offered again, v5 launches; v3 goes only when v5 serves
+    step2 = plan([want(release=5, web=1)], [tasks[1]], [offer(1)], {}, now=0)
+    assert [(launch.index, launch.release) for launch in step2.launches] == [(1, 5)]
+    assert step2.kills == []
+    step3 = plan([want(release=5, web=1)], [tasks[1], task(1, release=5)], [], {}, now=0)
+    assert step3.kills == ["shop.web.1.v3"]
+    # with no old task serving, the newest old one holds the slot
+    starting = [replace(t, state="starting", healthy=None) for t in tasks]
+    assert sorted(plan([want(release=5, web=1)], starting, [], {}, now=0).kills) == [
+        "shop.web.1.v2",
+        "shop.web.1.v3",
+    ]
+
+
 def test_duplicates_are_killed_keeping_a_serving_older_one() -> None:
     tasks = [task(1, started=5.0), task(1, started=1.0, agent="a2"), task(1, healthy=False)]
     tasks = [replace(t, id=f"t{n}") for n, t in enumerate(tasks)]
