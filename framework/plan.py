@@ -127,11 +127,23 @@ class Launch:
 
 
 @dataclass(frozen=True, slots=True)
+class Unplaced:
+    """A task that should launch now but that no offer had room for."""
+
+    app: str
+    process: str
+    index: int
+    release: int
+    needs: Resources  # with its executor's
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     launches: list[Launch] = field(default_factory=list)
     kills: list[str] = field(default_factory=list)  # task ids
     declines: list[str] = field(default_factory=list)  # offer ids
     unplaced: int = 0  # pending slots no offer could take
+    waiting: list[Unplaced] = field(default_factory=list)  # those slots
     waiting_until: float | None = None  # earliest backoff expiry, if any slot waits
 
     @property
@@ -243,11 +255,18 @@ def plan(
 
     launches, used = _place(pending, offers, groups, executor)
     declines = [o.id for o in offers if o.id not in used]
+    placed = {(x.app, x.process, x.index) for x in launches}
+    waiting = [
+        Unplaced(p.app, p.process, p.index, p.release, p.needs + executor)
+        for p in pending
+        if (p.app, p.process, p.index) not in placed
+    ]
     return Plan(
         launches=launches,
         kills=kills,
         declines=declines,
-        unplaced=len(pending) - len(launches),
+        unplaced=len(waiting),
+        waiting=waiting,
         waiting_until=waiting_until,
     )
 

@@ -63,6 +63,7 @@ from berth.framework.plan import (
     PendingRun,
     Plan,
     Resources,
+    Unplaced,
     backoff_after_exit,
     plan,
 )
@@ -124,6 +125,9 @@ class Options:
     # Where executors of attached one-off runs reach the API's rendezvous (settings.api_url;
     # "" = none: runs are launched detached).
     api_url: str = ""
+    # A task no offer has had room for this long is reported (app log and server log) once:
+    # a full machine or cluster must not look like a stuck deploy.
+    report_waiting_after: float = 15.0
 
 
 class Events(mesos.Scheduler):
@@ -220,6 +224,9 @@ class Scheduler:
         # (app, its created_at: a new app of the same name starts again) → runs known
         # finished, not read again
         self._finished_runs: dict[tuple[str, str], set[int]] = {}
+        # (app, process, index, release) → since when no offer has had room for it; reported
+        self._waiting_since: dict[tuple[str, str, int, int], float] = {}
+        self._waits_reported: set[tuple[str, str, int, int]] = set()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -379,6 +386,7 @@ class Scheduler:
             self._desired, self._tasks.values(), list(self._offers.values()), self._backoffs, now
         )
         self._act(decided, now)
+        self._report_waits(decided.waiting, now)
         self._report_deploys()
 
     def _read_desired(self) -> list[Desired]:
@@ -484,6 +492,31 @@ class Scheduler:
         self._deploys, lines = deploylog.progress(self._deploys, wanted, self._tasks.values())
         for app, text in lines:
             self._logs.event(app, "", text)
+
+    def _report_waits(self, waiting: list[Unplaced], now: float) -> None:
+        """Say once when a task has waited `report_waiting_after` seconds for an offer with
+        room for it (a deploy onto a full machine waits, it does not fail)."""
+        keys = {(u.app, u.process, u.index, u.release): u for u in waiting}
+        self._waiting_since = {k: self._waiting_since.get(k, now) for k in keys}
+        self._waits_reported &= set(keys)
+        for key, unplaced in keys.items():
+            waited = now - self._waiting_since[key]
+            if key in self._waits_reported or waited < self._options.report_waiting_after:
+                continue
+            self._waits_reported.add(key)
+            needs = unplaced.needs
+            name = f"{unplaced.process}.{unplaced.index}"
+            text = (
+                f"{name} of v{unplaced.release} is waiting for resources: no offer has had room"
+                f" for it for {waited:.0f}s (it needs {needs.cpus:g} cpus and {needs.mem:.0f} MB"
+                " with its executor); scale something down or add an agent"
+            )
+            log.warning(
+                "a task is waiting for resources",
+                extra={"app": unplaced.app, "slot": name, "release": unplaced.release},
+            )
+            if self._logs is not None:
+                self._logs.event(unplaced.app, name, text)
 
     def _honour_stops(self, now: float) -> None:
         """`ps:stop` requests: kill the task (the plan replaces it), drop the request."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,7 +63,13 @@ def update(task_id: str, state: str, uuid: str = "AAEC", **extra: Any) -> dict[s
 class Running:
     """A scheduler (leader) running in a thread, as `berth framework` runs it."""
 
-    def __init__(self, store: Store, master: FakeMaster, desired_every: float = 0.1) -> None:
+    def __init__(
+        self,
+        store: Store,
+        master: FakeMaster,
+        desired_every: float = 0.1,
+        report_waiting_after: float = 15.0,
+    ) -> None:
         framework = dict(FRAMEWORK)
         if fid := store.framework_id():
             framework["id"] = {"value": fid}
@@ -70,7 +77,11 @@ class Running:
         self.driver = MesosSchedulerDriver(self.events, framework, master.address, backoff_max=0.3)
         self.fence = threading.Event()
         options = Options(
-            instance="test", grace_seconds=2.0, desired_every=desired_every, reconcile_retry=0.3
+            instance="test",
+            grace_seconds=2.0,
+            desired_every=desired_every,
+            reconcile_retry=0.3,
+            report_waiting_after=report_waiting_after,
         )
         self.scheduler = Scheduler(store, self.events, self.driver, options)
         self.thread = threading.Thread(target=self.scheduler.run, args=(self.fence,))
@@ -134,6 +145,43 @@ def test_changes_reach_the_scheduler_through_watches_not_polling(store: Store) -
         )
         (info,) = second[1]["accept"]["operations"][0]["launch"]["task_infos"]
         assert Payload.decode(info["data"]).image == "shop:v2"
+    finally:
+        leader.stop()
+
+
+def test_a_task_no_offer_has_room_for_is_reported_once(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.create_app("shop", "test")
+    store.deploy("shop", Artifact("image", "shop:v1"), {"web": ""}, "Deploy shop:v1", "test")
+    store.set_limits("shop", {"web": {"cpu": 1.0}})
+    store.scale("shop", {"web": 1})
+    small = offer(1)
+    small["resources"][0]["scalar"]["value"] = 0.5  # less than the task's 1 cpu
+    master = FakeMaster()
+    leader = Running(store, master, report_waiting_after=0.5)
+    try:
+        master.wait_subscribes(1)
+        master.subscribed("fw-1")
+
+        def reports() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.msg == "a task is waiting for resources"]
+
+        def declined() -> list[dict[str, str]]:
+            return [i for c in calls_of(master, "DECLINE") for i in c["decline"]["offer_ids"]]
+
+        with caplog.at_level(logging.WARNING, "berth.framework.scheduler"):
+            master.send({"type": "OFFERS", "offers": {"offers": [small]}})
+            wait_for(lambda: calls_of(master, "DECLINE"))
+            (report,) = wait_for(reports)
+            assert report.__dict__["slot"] == "web.1"
+            for n in (2, 3):
+                master.send(
+                    {"type": "OFFERS", "offers": {"offers": [{**small, "id": {"value": f"o{n}"}}]}}
+                )
+            wait_for(lambda: len(declined()) >= 3)
+            assert len(reports()) == 1  # said once
+            assert calls_of(master, "ACCEPT") == []
     finally:
         leader.stop()
 
