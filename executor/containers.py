@@ -495,7 +495,7 @@ class Containers:
             following = passes.pop()
             since = cursor.new_pass()
             for stream, stamp, data in self._log_frames(container_id, following, since):
-                if cursor.fresh(stream, stamp):
+                if cursor.fresh(stream, stamp, data):
                     yield from lines.add(stream, data)
             if following:
                 passes.append(False)
@@ -608,12 +608,18 @@ class _Cursor:
     RFC 3339 with nanoseconds, so it sorts as text) and how many messages carried it. Each
     stream's timestamps only grow, but stdout and stderr are written by separate copiers, so
     they are tracked apart. Docker's `since` is in whole seconds and inclusive: a later pass
-    repeats messages, and `fresh` skips them."""
+    repeats messages, and `fresh` skips them.
+
+    Several messages share a timestamp only as the parts of one long line (Docker stamps every
+    part with the line's time; only the last part ends with a newline). So a message with the
+    newest timestamp after that line's last part is a repeat, as Docker's follow sends when it
+    reopens a rotated log file, and is skipped too."""
 
     def __init__(self) -> None:
         self._last: dict[Stream, str] = {}
         self._count: dict[Stream, int] = {}
         self._this_pass: dict[Stream, int] = {}
+        self._whole: dict[Stream, bool] = {}  # the newest timestamp's line has ended
 
     def new_pass(self) -> int:
         """Starts a pass; returns its `since` (0: from the start)."""
@@ -623,17 +629,19 @@ class _Cursor:
         oldest = min(self._last.values())
         return int(datetime.fromisoformat(oldest[:19] + "+00:00").timestamp())
 
-    def fresh(self, stream: Stream, stamp: str) -> bool:
+    def fresh(self, stream: Stream, stamp: str, data: bytes) -> bool:
         last = self._last.get(stream, "")
         if stamp < last:
             return False
         if stamp > last:
             self._last[stream], self._count[stream], self._this_pass[stream] = stamp, 1, 1
+            self._whole[stream] = data.endswith(b"\n")
             return True
         seen = self._this_pass[stream] = self._this_pass.get(stream, 0) + 1
-        if seen <= self._count[stream]:
+        if seen <= self._count[stream] or self._whole[stream]:
             return False
         self._count[stream] = seen
+        self._whole[stream] = data.endswith(b"\n")
         return True
 
 
