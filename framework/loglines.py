@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from berth.framework.errors import Invalid
 
@@ -47,10 +47,20 @@ _SIZE = re.compile(r"^([0-9]{1,15})([kKmMgG]?)[bB]?$")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, reused within it
+
+
 def timestamp(seconds: float | None = None) -> str:
-    """`seconds` since the epoch (default: now) as RFC 3339 UTC with microseconds."""
+    """`seconds` since the epoch (default: now) as RFC 3339 UTC with microseconds (truncated).
+    Called for every log line: the date and time part is formatted once a second."""
+    global _second
     when = time.time() if seconds is None else seconds
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    micros = int(when * 1_000_000)
+    whole, fraction = divmod(micros, 1_000_000)
+    cached = _second  # one read: another thread may replace it meanwhile
+    if cached[0] != whole:
+        cached = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{cached[1]}.{fraction:06d}Z"
 
 
 def parse_timestamp(text: str) -> float:
@@ -161,6 +171,9 @@ def split_line(line: bytes, limit: int = MAX_TEXT_BYTES) -> Iterator[str]:
         line = line[:-1]
         if line.endswith(b"\r"):
             line = line[:-1]
+    if len(line) * 3 <= limit:  # fits even if every byte became U+FFFD (3 bytes): one text
+        yield line.decode("utf-8", "replace").replace("\n", " ")
+        return
     data = line.decode("utf-8", "replace").replace("\n", " ").encode()
     if len(data) <= limit:
         yield data.decode()

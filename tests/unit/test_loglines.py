@@ -49,6 +49,10 @@ def record(**changes: str) -> Record:
 def test_timestamp_is_rfc3339_utc_with_microseconds() -> None:
     assert timestamp(1767323045.678901) == "2026-01-02T03:04:05.678901Z"
     assert timestamp(1767323045.0) == "2026-01-02T03:04:05.000000Z"
+    # the date and time are formatted once a second: the next second and an earlier one too
+    assert timestamp(1767323046.25) == "2026-01-02T03:04:06.250000Z"
+    assert timestamp(1767323045.5) == "2026-01-02T03:04:05.500000Z"
+    assert timestamp(1767225599.999999) == "2025-12-31T23:59:59.999999Z"
     assert parse_timestamp("2026-01-02T03:04:05.678901Z") == pytest.approx(1767323045.678901)
     assert parse_timestamp("2026-01-02T04:04:05+01:00") == pytest.approx(1767323045.0)
     with pytest.raises(Invalid, match="time zone"):
@@ -115,6 +119,10 @@ def test_split_removes_the_newline_and_keeps_short_lines_whole() -> None:
     assert list(split_line(b"no newline")) == ["no newline"]
     assert list(split_line(b"\n")) == [""]
     assert list(split_line(b"x" * MAX_TEXT_BYTES + b"\n")) == ["x" * MAX_TEXT_BYTES]
+    assert list(split_line(b"bad \xff byte\n")) == ["bad \ufffd byte"]  # short: one text
+    bad = list(split_line(b"\xff" * MAX_TEXT_BYTES))  # U+FFFD is 3 bytes: 48 KiB in pieces
+    assert "".join(bad) == "\ufffd" * MAX_TEXT_BYTES
+    assert all(len(p.encode()) <= MAX_TEXT_BYTES for p in bad)
 
 
 def test_split_a_100_kib_line_keeps_every_byte_in_order() -> None:
