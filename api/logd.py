@@ -62,6 +62,7 @@ from berth.framework.loglines import (
     parse_size,
     timestamp,
     validate,
+    validate_line,
     verify_token,
 )
 from berth.framework.options import settings_options
@@ -163,15 +164,16 @@ class Logd:
         if not isinstance(lines, list):
             raise BadRequest("lines must be a list of [ts, stream, text]")
         records = []
+        app, process = grant.app, grant.process
+        validate(Record(timestamp(), app, "app", process, "stdout", ""))  # the token's part
         for item in lines:
             if not isinstance(item, list) or len(item) != 3:
                 raise BadRequest("each line is [ts, stream, text]")
             ts, stream, text = item
             if not isinstance(ts, str) or stream not in STREAMS or not isinstance(text, str):
                 raise BadRequest("each line is [ts, stream, text] with stream stdout or stderr")
-            record = Record(ts, grant.app, "app", grant.process, stream, text)
-            validate(record)
-            records.append(record)
+            validate_line(ts, stream, text)
+            records.append(Record(ts, app, "app", process, stream, text))
         return records
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -47,6 +47,7 @@ _SIZE = re.compile(r"^([0-9]{1,15})([kKmMgG]?)[bB]?$")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
+_json_string: Callable[[str], str] = json.encoder.encode_basestring  # JSON string, not ASCII-only
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted, reused within it
 
 
@@ -94,10 +95,14 @@ class Record:
         }
 
     def encode(self) -> bytes:
-        """One NDJSON line, newline included."""
-        return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":")).encode() + (
-            b"\n"
-        )
+        """One NDJSON line, newline included: what `json.dumps(self.to_json(),
+        ensure_ascii=False, separators=(",", ":"))` gives, at a fifth of its cost (every line
+        logd keeps is encoded once)."""
+        q = _json_string
+        return (
+            f'{{"ts":{q(self.ts)},"app":{q(self.app)},"source":{q(self.source)},'
+            f'"process":{q(self.process)},"stream":{q(self.stream)},"text":{q(self.text)}}}\n'
+        ).encode()
 
     @classmethod
     def from_json(cls, data: object) -> Record:
@@ -133,22 +138,28 @@ class Record:
 
 
 def validate(record: Record) -> None:
-    if not TIMESTAMP.fullmatch(record.ts):
-        raise Invalid(f"timestamp {record.ts[:40]!r} is not RFC 3339 UTC with microseconds")
     if not APP.fullmatch(record.app):
         raise Invalid(f"app {record.app[:40]!r} is not an app name")
     if record.source not in SOURCES:
         raise Invalid(f"source {record.source[:20]!r} is not one of {', '.join(SOURCES)}")
     if record.process and not PROCESS_NAME.fullmatch(record.process):
         raise Invalid(f"process {record.process[:40]!r} is not like web.1")
-    if record.stream not in STREAMS:
-        raise Invalid(f"stream {record.stream[:20]!r} is not stdout or stderr")
-    if "\n" in record.text:
+    validate_line(record.ts, record.stream, record.text)
+
+
+def validate_line(ts: str, stream: str, text: str) -> None:
+    """What `validate` checks of a record beyond its app, source and process (which a task's
+    lines take from its token, checked once per batch)."""
+    if not TIMESTAMP.fullmatch(ts):
+        raise Invalid(f"timestamp {ts[:40]!r} is not RFC 3339 UTC with microseconds")
+    if stream not in STREAMS:
+        raise Invalid(f"stream {stream[:20]!r} is not stdout or stderr")
+    if "\n" in text:
         raise Invalid("a log record's text has no newline")
-    if len(record.text) > MAX_TEXT_BYTES:
+    if len(text) > MAX_TEXT_BYTES:
         raise Invalid(f"a log record's text is longer than {MAX_TEXT_BYTES} bytes")
     try:
-        size = len(record.text.encode())
+        size = len(text.encode())
     except UnicodeEncodeError:
         raise Invalid("a log record's text is not valid Unicode (a lone surrogate)") from None
     if size > MAX_TEXT_BYTES:

@@ -261,3 +261,12 @@ def test_the_logs_address_setting() -> None:
     assert v6.logs_url == "http://[fd00::1]:7171"
     with pytest.raises(Invalid, match="address"):
         make_settings(Path("/d"), "h:1/c", ":7070", "localhost", "nowhere")
+
+
+def test_a_record_encodes_as_json_dumps_would() -> None:
+    texts = ["plain", 'quote " and \\ backslash', "tab\tbell\x07nul\x00del\x7f", "é ✓ 🚀", ""]
+    for text in texts:
+        record = Record("2026-01-02T03:04:05.678901Z", "shop", "app", "web.1", "stderr", text)
+        expected = json.dumps(record.to_json(), ensure_ascii=False, separators=(",", ":"))
+        assert record.encode() == expected.encode() + b"\n"
+        assert Record.decode(record.encode()) == record
