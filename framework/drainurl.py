@@ -184,6 +184,8 @@ class Drain:
 
 def _printable(value: str, limit: int) -> str:
     """An RFC 5424 header field: printable US-ASCII (33-126), at most `limit`, `-` if empty."""
+    if value.isascii() and value.isprintable() and " " not in value:  # the usual case
+        return value[:limit] or "-"
     clean = "".join(c for c in value if 33 <= ord(c) <= 126)[:limit]
     return clean or "-"
 

@@ -127,6 +127,16 @@ def test_stderr_is_err_and_an_empty_process_is_a_dash() -> None:
     assert match["procid"] == b"-"
 
 
+def test_header_fields_keep_only_printable_ascii_and_a_dash_for_nothing() -> None:
+    message = syslog_message(record("x", process="wéb 1\t"))
+    match = RFC5424.fullmatch(message)
+    assert match is not None
+    assert match["procid"] == b"wb1"
+    match = RFC5424.fullmatch(syslog_message(record("x", process=" \x7f")))
+    assert match is not None
+    assert match["procid"] == b"-"
+
+
 def test_an_empty_line_has_no_msg_and_utf8_is_kept() -> None:
     assert syslog_message(record("")).endswith(b" - -")
     assert syslog_message(record("héllo ✓")).endswith(" héllo ✓".encode())
