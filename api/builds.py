@@ -9,17 +9,20 @@ app (Store.lock) instead, which is not done yet.
 Each push: take the app's lock → check the branch still points where the pusher saw it →
 record a Build (status building) → wait for a build slot → build (buildpacks/slug.py's
 AppBuilder: buildpacks, or dockerfile.py for a Dockerfile) →
-`Store.deploy` (description "Deploy 1a2b3c4 (git push)", by the pusher's token) → the first
-deploy scales web=1 → move the branch → wait until a web task of the new release serves (or
-fails to start, or `release_timeout` passes) → record the outcome → remove images no kept
-release uses (api/prune.py). Every step's output goes through `emit` as it happens, which the
+`Store.deploy` (description "Deploy 1a2b3c4 (git push)", by the pusher's token) → with a
+Procfile `release:` command, the release is written pending and its release phase runs
+(api/releasephase.py): it goes live only if the command exits 0; if not, the push fails there,
+the branch stays and the old release keeps serving → the first deploy scales web=1 → move the
+branch → wait until a web task of the new release serves (or fails to start, or
+`release_timeout` passes) → record the outcome → remove images no kept release uses
+(api/prune.py). Every step's output goes through `emit` as it happens, which the
 git endpoint turns into `remote:` lines, and into the app's log (api/applog.py: source
 `build`, process the build's id; `berth` lines when a build starts, succeeds or fails).
 
 Settings come from BERTH_* variables read once when the API starts (BuildSettings.from_env):
 BERTH_GIT_MAX_PACK_MB (512), BERTH_BUILD_CONCURRENCY (2), BERTH_BUILD_TIMEOUT (900 s),
-BERTH_BUILD_MEMORY_MB (2048), BERTH_RELEASE_TIMEOUT (180 s); BERTH_KEEP_RELEASES (10) is
-api/prune.py's.
+BERTH_BUILD_MEMORY_MB (2048), BERTH_RELEASE_TIMEOUT (180 s), BERTH_RELEASE_PHASE_TIMEOUT (300 s);
+BERTH_KEEP_RELEASES (10) is api/prune.py's.
 
 Threads: `stream()` runs the push in a thread of its own and hands its lines to the request
 thread through a queue, so the request thread can keep the connection alive while a step is
@@ -48,11 +51,12 @@ if TYPE_CHECKING:
 from berth.api.applog import AppLog
 from berth.api.artifacts import Publisher
 from berth.api.prune import Pruner
+from berth.api.releasephase import ReleasePhase
 from berth.buildpacks.dockerfile import BuildError, Built, DockerfileBuilder, Limits
 from berth.buildpacks.slug import AppBuilder, BuildpackBuilder, BuildpackOptions
 from berth.framework import registry
 from berth.framework.errors import BerthError, Invalid
-from berth.framework.model import Artifact, Build, Task, clip_log, now
+from berth.framework.model import RELEASE_PROCESS, Artifact, Build, Task, clip_log, now
 from berth.framework.settings import Settings
 from berth.framework.state import Store
 
@@ -78,6 +82,7 @@ class BuildSettings:
     timeout: float = 900.0
     memory_mb: int = 2048
     release_timeout: float = 180.0
+    release_phase_timeout: float = 300.0  # a Procfile `release:` command's time to finish
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> BuildSettings:
@@ -87,6 +92,9 @@ class BuildSettings:
             timeout=float(_env_int(env, "BERTH_BUILD_TIMEOUT", 900, 1, 24 * 3600)),
             memory_mb=_env_int(env, "BERTH_BUILD_MEMORY_MB", 2048, 64, 256 * 1024),
             release_timeout=float(_env_int(env, "BERTH_RELEASE_TIMEOUT", 180, 1, 3600)),
+            release_phase_timeout=float(
+                _env_int(env, "BERTH_RELEASE_PHASE_TIMEOUT", 300, 1, 24 * 3600)
+            ),
         )
 
 
@@ -148,6 +156,7 @@ class Pipeline:
             BuildpackBuilder(settings.data_dir, limits=limits, options=BuildpackOptions.from_env()),
             config=lambda app: store.get_release(app).config,
         )
+        self.release_phase = ReleasePhase(store, settings, build_settings.release_phase_timeout)
         self._slots = threading.BoundedSemaphore(build_settings.concurrency)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
@@ -236,12 +245,18 @@ class Pipeline:
                     built = self.builder.build(repo, push.app, push.new, build.id, record)
                 finally:
                     self._slots.release()
+                phase = RELEASE_PROCESS in built.process_types
+                if phase:  # one left pending by a push the API never finished can never go live
+                    self.store.fail_pending_releases(
+                        push.app, "abandoned: its push ended before its release command did"
+                    )
                 release = self.store.deploy(
                     push.app,
                     self._artifact(built, record),
                     built.process_types,
                     f"Deploy {push.new[:7]} (git push)",
                     push.created_by,
+                    pending=phase,
                 )
             except BerthError as exc:
                 record(f" !     {exc.message}")
@@ -254,6 +269,19 @@ class Pipeline:
                 build, image=built.image, release=release.version, builder=built.builder
             )
             self._log(push.app, "berth", "", f"Build {build.id} succeeded: v{release.version}")
+            if phase:
+                try:
+                    failed = self.release_phase.run(release, push.created_by, record)
+                except BerthError as exc:
+                    failed = f"v{release.version}'s release phase: {exc.message}"
+                if failed:  # never live: the branch stays, the old release keeps serving
+                    record(f" !     {failed}")
+                    record(f"       v{release.version} did not go live; the current release stays")
+                    self._log(push.app, "berth", "", f"Release v{release.version} failed: {failed}")
+                    if self.pruner is not None:  # its image, unless a kept release uses it
+                        self.pruner.after_release(push.app, record)
+                    self._finish(build, started, kept, "succeeded", error=failed)
+                    return Outcome(False, failed[:200], release.version, build.id)
             try:
                 problem = self._release(push, repo, built, release.version, record)
             except BerthError as exc:

@@ -117,7 +117,7 @@ def document(version: str) -> dict[str, Any]:
             "/v1/apps/{app}/releases": {
                 "parameters": [_APP],
                 "get": _op(
-                    "Newest releases first",
+                    "Newest releases first (pending and failed ones too)",
                     {"200": _json({"type": "array", "items": _ref("Release")})},
                     parameters=[
                         {
@@ -180,7 +180,8 @@ def document(version: str) -> dict[str, Any]:
             "/v1/apps/{app}/rollback": {
                 "parameters": [_APP],
                 "post": _op(
-                    "New release copying vN's artifact and config (default: the previous one)",
+                    "New release copying vN's artifact and config (default: the newest earlier"
+                    " one that went live); 409 for a release that never went live",
                     {"201": _json(_ref("Release"), "Created"), "409": _resp("Conflict")},
                     requestBody=_body(
                         {"type": "object", "properties": {"version": {"type": "integer"}}}, False
@@ -605,7 +606,12 @@ def document(version: str) -> dict[str, Any]:
                     "properties": {
                         "name": {"type": "string", "pattern": "^[a-z][a-z0-9-]{1,29}$"},
                         "created_at": {"type": "string", "format": "date-time"},
-                        "release": {"type": "integer"},
+                        "release": {"type": "integer", "description": "the current release"},
+                        "latest": {
+                            "type": "integer",
+                            "description": "the newest release written, when above the"
+                            " current one (its release phase pending or failed)",
+                        },
                         "web_url": {"type": "string"},
                         "formation": _INT_MAP,
                     },
@@ -622,6 +628,17 @@ def document(version: str) -> dict[str, Any]:
                         "process_types": _STRING_MAP,
                         "config_keys": {"type": "array", "items": {"type": "string"}},
                         "config": _STRING_MAP,
+                        "status": {
+                            "type": "string",
+                            "enum": ["pending", "succeeded", "failed"],
+                            "description": "pending while a push's release command runs;"
+                            " failed if it failed (or a newer release was made meanwhile)",
+                        },
+                        "status_reason": {"type": "string"},
+                        "current": {
+                            "type": "boolean",
+                            "description": "the app's current release (listings and info)",
+                        },
                     },
                 },
                 "Build": {

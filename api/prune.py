@@ -1,18 +1,20 @@
 """Pruning an app's old images from the Docker engine that builds them (issue 5: "old artifacts
 are pruned, keeping every rollback target").
 
-**When.** After each `git push` whose release came up (api/builds.py calls
-`Pruner.after_release` under the app's push lock, so no other push of that app runs
-meanwhile), and when the app is destroyed (`Pruner.forget`, called where the app's repository is
-removed, api/git.py).
+**When.** After each `git push` whose release came up, and after one whose release phase
+failed (api/builds.py calls `Pruner.after_release` under the app's push lock, so no other push
+of that app runs meanwhile), and when the app is destroyed (`Pruner.forget`, called where the
+app's repository is removed, api/git.py).
 
-**What is kept.** The images of the app's newest `keep` releases (`BERTH_KEEP_RELEASES`,
-default 10; a config change is a release too, sharing its predecessor's image), of every
-release a live task of the app runs, and any image a container on this engine uses (running
-or not: Docker refuses to remove those and Berth never forces). These kept images are the
-*rollback targets*: `berth rollback vN` (`POST /v1/apps/<app>/rollback`) to a release whose
-image was pruned is refused with 409 and says so (`check_rollback`), instead of making a
-release no agent can start.
+**What is kept.** The images of the app's current release, of its newest `keep` releases that
+did not fail (`BERTH_KEEP_RELEASES`, default 10; a config change is a release too, sharing its
+predecessor's image; a release whose release phase failed never went live and is no rollback
+target, so it neither counts nor keeps its image; a pending one keeps it), of every release a
+live task of the app runs (a release phase's run too), and any image a container on this
+engine uses (running or not: Docker refuses to remove those and Berth never forces). These
+kept images are the *rollback targets*: `berth rollback vN` (`POST /v1/apps/<app>/rollback`)
+to a release whose image was pruned is refused with 409 and says so (`check_rollback`),
+instead of making a release no agent can start.
 
 **What is Berth's.** Only images Berth built for this app: labelled `berth.app=<app>` and
 `berth.build` (what buildpacks/dockerfile.py's DockerfileBuilder sets), and of those only
@@ -22,9 +24,9 @@ image someone also tagged under another name loses only Berth's tag and stays. I
 to `berth deploy --image`, stack images and anything else are never touched.
 
 **Races.** The keep set is read from ZooKeeper, then the engine is listed; just before
-removing, the app's newest release is read again and, if it moved (a rollback or deploy
-meanwhile), this round removes nothing (the next push prunes). Docker's own refusal covers an
-image a task started using in between.
+removing, the app's current and newest releases are read again and, if either moved (a
+rollback or deploy meanwhile), this round removes nothing (the next push prunes). Docker's
+own refusal covers an image a task started using in between.
 
 The pure decision is `removals`; `Pruner` does the I/O (the Docker SDK in the calling thread,
 a push's build thread; `forget` in a thread of its own). Imports berth.framework and the
@@ -48,7 +50,7 @@ from flask import current_app
 from berth.api.context import store
 from berth.buildpacks.dockerfile import IMAGE_REPOSITORY
 from berth.framework.errors import BerthError, Conflict, Invalid
-from berth.framework.model import Release
+from berth.framework.model import RELEASE_FAILED, Release
 from berth.framework.state import Store
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,12 @@ def kept_refs(newest: Sequence[Release], running: Iterable[Release]) -> set[str]
     }
 
 
+def rollback_targets(listed: Sequence[Release], keep: int) -> list[Release]:
+    """Of releases listed newest first, the newest `keep` that did not fail (a release whose
+    release phase failed never went live: it is no rollback target)."""
+    return [r for r in listed if r.status != RELEASE_FAILED][:keep]
+
+
 def _client() -> docker.DockerClient:
     return docker.from_env(timeout=60)
 
@@ -155,12 +163,24 @@ class Pruner:
                 f" (kept: the newest {self.keep} releases' and running ones)"
             )
 
+    def _kept_releases(self, app: str) -> list[Release]:
+        """The newest `keep` releases that did not fail, reading further back past failed
+        ones."""
+        limit = self.keep
+        while True:
+            listed = self.store.list_releases(app, limit)
+            kept = rollback_targets(listed, self.keep)
+            if len(kept) >= self.keep or len(listed) < limit or limit >= 1000:
+                return kept
+            limit = min(limit * 2, 1000)
+
     def prune(self, app: str) -> list[Removal]:
         """Remove `app`'s images that no kept release and no live task uses."""
-        newest_version = self.store.get_app(app).release
-        newest = self.store.list_releases(app, self.keep)
+        before = self.store.get_app(app)
+        newest = self._kept_releases(app)
         listed = {r.version for r in newest}
-        versions = {t.release for t in self.store.list_tasks(app) if t.live} - listed
+        live = {t.release for t in self.store.list_tasks(app) if t.live}
+        versions = (live | {before.release}) - listed
         running = [self.store.get_release(app, v) for v in sorted(versions)]
         refs = kept_refs(newest, running)
         client = self._client()
@@ -174,7 +194,8 @@ class Pruner:
             todo = removals(app, _images(client, app), kept, _in_use(client))
             if not todo:
                 return []
-            if self.store.get_app(app).release != newest_version:
+            after = self.store.get_app(app)
+            if (after.release, after.newest) != (before.release, before.newest):
                 log.info("releases changed while pruning: next time", extra={"app": app})
                 return []
             return [r for r in todo if _remove(client, r, app)]

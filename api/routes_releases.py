@@ -34,26 +34,31 @@ def set_config(app: str) -> Response:
 
 @bp.get("/releases")
 def list_releases(app: str) -> Response:
+    """Newest first, pending and failed releases too; `current` marks the one that runs."""
     raw = request.args.get("limit", "15")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         raise Invalid("limit must be a whole number from 1 to 1000")
-    return jsonify([r.summary_json() for r in store().list_releases(app, int(raw))])
+    releases = store().list_releases(app, int(raw))
+    current = store().get_app(app).release
+    return jsonify([{**r.summary_json(), "current": r.version == current} for r in releases])
 
 
 @bp.get("/releases/<version>")
 def release_info(app: str, version: str) -> Response:
-    return jsonify(store().get_release(app, parse_version(version)).to_json())
+    release = store().get_release(app, parse_version(version))
+    current = store().get_app(app).release
+    return jsonify({**release.to_json(), "current": release.version == current})
 
 
 @bp.post("/rollback")
 def rollback(app: str) -> tuple[Response, int]:
     body = json_body(optional=True)
     version = body.get("version")
-    target = None if version is None else parse_version(version)
-    wanted = target if target is not None else store().get_app(app).release - 1
-    if wanted >= 1:  # 409 if its image was pruned (api/prune.py), before a release is made
-        prune.current().check_rollback(app, store().get_release(app, wanted))
-    release = store().rollback(app, target, who())
+    # 409 for a release that never went live, or whose image was pruned (api/prune.py),
+    # before a release is made
+    target = store().rollback_target(app, None if version is None else parse_version(version))
+    prune.current().check_rollback(app, target)
+    release = store().rollback(app, target.version, who())
     return jsonify(release.summary_json()), 201
 
 

@@ -120,12 +120,8 @@ def parse_procfile(text: str) -> dict[str, str]:
 
 def process_types(procfile: dict[str, str], has_command: bool) -> dict[str, str]:
     """The release's process types: `web` runs the image's own command ("") unless the
-    Procfile names one; the Procfile's other types are added. `release` (a release phase) is
-    not run yet and so is refused rather than silently ignored."""
-    if "release" in procfile:
-        raise BuildError(
-            "Procfile: a 'release' process (release phase) is not supported yet; remove it"
-        )
+    Procfile names one; the Procfile's other types are added, `release` among them (the
+    release phase: api/releasephase.py runs it once before the release goes live)."""
     types = dict(procfile)
     if "web" not in types:
         if not has_command:

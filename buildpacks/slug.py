@@ -241,14 +241,11 @@ def parse_release(text: str) -> ReleaseInfo:
 
 
 def merge_process_types(procfile: Mapping[str, str], defaults: Mapping[str, str]) -> dict[str, str]:
-    """The Procfile's types over the buildpack's defaults. A `release` process (the release
-    phase) is refused until Berth runs it; no process type at all is an error."""
-    if "release" in procfile:
-        raise BuildError(
-            "Procfile: a 'release' process (release phase) is not supported yet; remove it"
-        )
+    """The Procfile's types over the buildpack's defaults, `release` among them (the release
+    phase: api/releasephase.py runs it once before the release goes live). No process type
+    to run (a `release` alone is none) is an error."""
     types = {**{k: v for k, v in defaults.items() if v}, **procfile}
-    if not types:
+    if not set(types) - {"release"}:
         raise BuildError(
             "nothing to run: add a Procfile naming the app's processes (e.g. 'web: gunicorn"
             " app:app' for Python)"

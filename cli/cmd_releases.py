@@ -19,6 +19,25 @@ def _artifact(release: dict[str, object]) -> str:
     return str(artifact["ref"]) if isinstance(artifact, dict) else "none"
 
 
+def _status(release: dict[str, object]) -> str:
+    """`current`, `succeeded`, `pending` or `failed`; old APIs send no status: succeeded."""
+    if release.get("current"):
+        return "current"
+    return str(release.get("status") or "succeeded")
+
+
+def _description(release: dict[str, object]) -> str:
+    """The description, with why a release never went live (Heroku: "release command
+    failed") or what it waits for."""
+    text = str(release["description"])
+    reason = release.get("status_reason")
+    if release.get("status") == "pending":
+        return f"{text}: {reason or 'release command running'}"
+    if release.get("status") == "failed":
+        return f"{text}: {reason or 'failed'}"
+    return text
+
+
 @click.command("releases")
 @app_option
 @json_option
@@ -39,9 +58,17 @@ def releases(app: str | None, as_json: bool, num: int) -> None:
         return
     header(f"{name} releases")
     table(
-        ["VERSION", "DESCRIPTION", "BY", "CREATED"],
-        [(f"v{r['version']}", r["description"], r["created_by"], r["created_at"]) for r in found],
+        ["VERSION", "STATUS", "DESCRIPTION", "BY", "CREATED"],
+        [
+            (f"v{r['version']}", _status(r), _description(r), r["created_by"], r["created_at"])
+            for r in found
+        ],
     )
+
+
+def _reason(release: dict[str, object]) -> str:
+    reason = release.get("status_reason")
+    return f" ({reason})" if reason else ""
 
 
 @click.command("releases:info")
@@ -49,7 +76,7 @@ def releases(app: str | None, as_json: bool, num: int) -> None:
 @app_option
 @json_option
 def info(version: str | None, app: str | None, as_json: bool) -> None:
-    """Show a release (default: the newest) with its config."""
+    """Show a release (default: the current one) with its config."""
     name = resolve_app(app)
     number = parse_version(version) if version else client().get(f"/v1/apps/{name}")["release"]
     release = client().get(f"/v1/apps/{name}/releases/v{number}")
@@ -61,6 +88,7 @@ def info(version: str | None, app: str | None, as_json: bool) -> None:
     pairs(
         [
             ("Description", release["description"]),
+            ("Status", _status(release) + _reason(release)),
             ("By", release["created_by"]),
             ("When", release["created_at"]),
             ("Artifact", _artifact(release)),
@@ -76,7 +104,8 @@ def info(version: str | None, app: str | None, as_json: bool) -> None:
 @app_option
 @json_option
 def rollback(version: str | None, app: str | None, as_json: bool) -> None:
-    """Make a new release from vN's artifact and config (default: the previous release)."""
+    """Make a new release from vN's artifact and config (default: the newest earlier release
+    that went live)."""
     name = resolve_app(app)
     body = {"version": parse_version(version)} if version else {}
     release = client().call("POST", f"/v1/apps/{name}/rollback", body)

@@ -107,6 +107,11 @@ def validate_formation_changes(changes: object, process_types: Mapping[str, str]
                 f"invalid process type {ptype[:40]!r}: use lowercase letters, digits, '-' and"
                 " '_', starting with a letter, at most 30 characters"
             )
+        if ptype == RELEASE_PROCESS:
+            raise Invalid(
+                "release is the release phase's command (the Procfile's release:): it runs"
+                " once per push before the new release goes live, and is never scaled"
+            )
         if process_types and ptype not in process_types:
             known = ", ".join(sorted(process_types))
             raise Invalid(f"no process type {ptype!r} in the current release (it has: {known})")
@@ -265,12 +270,23 @@ def random_app_name() -> str:
 class App:
     name: str
     created_at: str
-    release: int  # the newest release's version; 0 only while the app is being created
+    # The current release: the one the app runs (0 only while the app is being created). A
+    # release whose release phase is pending or failed never becomes it.
+    release: int
     # How the router treats the app (`routing:set`, framework/routing.py): seconds to wait for
     # the first byte of an answer before a 504 (None: the router's default), and whether plain
     # HTTP requests are redirected to HTTPS.
     timeout: int | None = None
     https_only: bool = False
+    # The newest release written, when it is above `release`: one whose release phase is
+    # pending, or failed (None otherwise). Versions are never reused, so the next release is
+    # `newest + 1` whichever it is.
+    latest: int | None = None
+
+    @property
+    def newest(self) -> int:
+        """The highest release version written, live or not."""
+        return max(self.release, self.latest or 0)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -282,17 +298,21 @@ class App:
             out["timeout"] = self.timeout
         if self.https_only:
             out["https_only"] = True
+        if self.latest is not None and self.latest > self.release:
+            out["latest"] = self.latest
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> App:
         timeout = data.get("timeout")
+        latest = data.get("latest")
         return cls(
             name=data["name"],
             created_at=data["created_at"],
             release=int(data["release"]),
             timeout=None if timeout is None else int(timeout),
             https_only=bool(data.get("https_only", False)),
+            latest=None if latest is None else int(latest),
         )
 
 
@@ -334,9 +354,29 @@ class Artifact:
         )
 
 
+# A release's life (Heroku's): a push whose Procfile has a `release` process writes its release
+# as "pending", runs that command once from it, and only then makes it the app's current
+# release ("succeeded"), or leaves it "failed" (the command failed, or a newer release was made
+# meanwhile). Every other release is "succeeded" when written, and so is any record from
+# before releases had a status.
+RELEASE_PENDING, RELEASE_SUCCEEDED, RELEASE_FAILED = "pending", "succeeded", "failed"
+RELEASE_STATES = (RELEASE_PENDING, RELEASE_SUCCEEDED, RELEASE_FAILED)
+# The Procfile type of the release phase: run once per push, never part of a formation.
+RELEASE_PROCESS = "release"
+
+
+def release_status(data: Mapping[str, Any]) -> tuple[str, str]:
+    """(status, reason) of a stored release record; "succeeded" when it has none."""
+    status = data.get("status") or RELEASE_SUCCEEDED
+    if status not in RELEASE_STATES:
+        status = RELEASE_FAILED  # unreadable: never run it, never roll back to it
+    return str(status), str(data.get("status_reason") or "")
+
+
 @dataclass(frozen=True, slots=True)
 class Release:
-    """Immutable once written. `config` is plain text in memory; state.py seals it at rest."""
+    """Written once; only its status changes afterwards (pending → succeeded | failed).
+    `config` is plain text in memory; state.py seals it at rest."""
 
     app: str
     version: int
@@ -346,6 +386,8 @@ class Release:
     config: Mapping[str, str] = field(default_factory=dict)
     artifact: Artifact | None = None
     process_types: Mapping[str, str] = field(default_factory=dict)
+    status: str = RELEASE_SUCCEEDED  # RELEASE_STATES
+    status_reason: str = ""  # why it failed (or what it waits for while pending)
 
     def summary_json(self) -> dict[str, Any]:
         """Everything but config values: for listings."""
@@ -358,6 +400,8 @@ class Release:
             "artifact": self.artifact.to_json() if self.artifact else None,
             "process_types": dict(self.process_types),
             "config_keys": sorted(self.config),
+            "status": self.status,
+            "status_reason": self.status_reason,
         }
 
     def to_json(self) -> dict[str, Any]:

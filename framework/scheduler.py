@@ -679,7 +679,7 @@ class Scheduler:
         serving = [
             t.release
             for t in self._tasks.values()
-            if t.app == task.app and t.release < task.release and t.serving
+            if t.app == task.app and t.release < task.release and t.serving and t.process != RUN
         ]
         extra = {"app": task.app, "release": task.release, "attempts": count}
         if not serving:

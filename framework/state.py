@@ -7,8 +7,10 @@ The znode tree, under the chroot given by `--zk HOSTS/chroot` (default `/berth`)
     /bootstrap                     created once, with the first admin token, in one transaction
     /tokens                        data: empty; its data version serialises token changes
     /tokens/<id>                   {"id", "digest" (SHA-256 of the token), "description", …}
-    /apps/<name>                   {"name", "created_at", "release": N, ["timeout": S],
-                                   ["https_only": true]}: N is the newest release; the
+    /apps/<name>                   {"name", "created_at", "release": N, ["latest": M],
+                                   ["timeout": S], ["https_only": true]}: N is the current
+                                   release (the one that runs); M, when above N, the newest
+                                   one written (its release phase pending or failed); the
                                    router settings (routing.py) live here, read by the router
     /apps/<name>/formation         {"web": 1, …}: process type → quantity
     /apps/<name>/limits            {"web": {"memory_mb": 512, "cpus": 1.0}, …}
@@ -49,10 +51,13 @@ The znode tree, under the chroot given by `--zk HOSTS/chroot` (default `/berth`)
                                    times, the release it made, the log's tail (≤ 256 KiB); ids
                                    are 8 hex of the start time + 4 random hex, so names sort by
                                    age; the newest 50 are kept
-    /apps/<name>/releases/<N>      one immutable znode per release, N zero-padded to 10 digits:
+    /apps/<name>/releases/<N>      one znode per release, N zero-padded to 10 digits:
                                    {"version", "description", "created_by", "created_at",
                                     "artifact", "process_types", "config": "v1:<key id>:<sealed>",
-                                    "op": <id of the write that made it>}
+                                    "op": <id of the write that made it>, "status": pending|
+                                    succeeded|failed, "status_reason"}; only the status
+                                   changes after the write (a release phase's outcome, by
+                                   CAS); a record without one is succeeded
     /certs/<name>                  {"app", "hostnames", "issuer", "not_after", "fingerprint",
                                     "source": "manual"|"acme", "created_at", "cert": PEM chain,
                                     "key": "v1:<key id>:<sealed>"}: a TLS certificate, named by
@@ -66,14 +71,17 @@ The znode tree, under the chroot given by `--zk HOSTS/chroot` (default `/berth`)
 
 One small znode per app, per release, per token: never one big blob. Config lives only inside
 releases, sealed by sealing.py with the app and release as associated data; the current config
-is the newest release's.
+is the current release's.
 
 Consistency: every write that depends on a read is a compare-and-set. A new release is one
 transaction that sets `/apps/<name>` at the version that was read and creates the next release
 znode; a concurrent writer makes it fail with BadVersion/NodeExists and it is recomputed from a
-fresh read, so no update is lost. If the connection drops during a commit the outcome is
-unknown: after reconnecting, the release znode's `op` says whether this write landed, so a
-write is never applied twice nor reported failed when it succeeded. A custom domain is added
+fresh read, so no update is lost. A pending release (a push's release phase) is written the
+same way but moves only `latest`; it goes live in one transaction that sets its status and
+the app's `release` (CAS on both), and only while nothing newer was written. If the
+connection drops during a commit the outcome is unknown: after reconnecting, the release
+znode's `op` says whether this write landed, so a write is never applied twice nor reported
+failed when it succeeded. A custom domain is added
 or removed in one transaction: its /domains znode, its index entry under the app, and a CAS on
 the index's data version (which also caps an app's domains exactly); destroying an app deletes
 its domains in the same transaction as the app. TCP routes work the same way (their
@@ -126,6 +134,9 @@ from berth.framework.errors import BerthError, Conflict, Invalid, NotFound, Unav
 from berth.framework.model import (
     MAX_DOMAINS_PER_APP,
     MAX_ROUTES_PER_APP,
+    RELEASE_FAILED,
+    RELEASE_PENDING,
+    RELEASE_SUCCEEDED,
     App,
     Artifact,
     Build,
@@ -137,6 +148,7 @@ from berth.framework.model import (
     apply_config_changes,
     describe_config_changes,
     now,
+    release_status,
     validate_domain,
     validate_formation_changes,
     validate_limits,
@@ -155,6 +167,7 @@ log = logging.getLogger(__name__)
 SCHEMA = 1
 _CAS_ATTEMPTS = 50
 _RELEASE_CACHE_SIZE = 512
+MAX_STATUS_REASON = 500
 MAX_BUILDS_PER_APP = 50
 BUILD_ID = re.compile(r"^[0-9a-f]{12}$")
 Op = tuple[Any, ...]
@@ -452,6 +465,8 @@ class Store:
                 "process_types": dict(release.process_types),
                 "config": sealed,
                 "op": op,
+                "status": release.status,
+                "status_reason": release.status_reason,
             }
         )
 
@@ -459,6 +474,7 @@ class Store:
         version = int(data["version"])
         config = _load(self._need_sealer().open(data["config"], f"{app}/v{version}"))
         artifact = data.get("artifact")
+        status, reason = release_status(data)
         return Release(
             app=app,
             version=version,
@@ -468,10 +484,12 @@ class Store:
             config=config,
             artifact=Artifact.from_json(artifact) if artifact else None,
             process_types=data.get("process_types") or {},
+            status=status,
+            status_reason=reason,
         )
 
     def get_release(self, app: str, version: int | None = None) -> Release:
-        """Release vN of the app, or its newest one."""
+        """Release vN of the app, or its current one (the one that runs)."""
         if version is None:
             current, stat = self._app_and_stat(app)
             return self._cached_release(app, stat.czxid, current.release)
@@ -484,8 +502,8 @@ class Store:
         return self._release_from(app, data)
 
     def list_releases(self, app: str, limit: int = 15) -> list[Release]:
-        """The newest `limit` releases, newest first."""
-        newest = self.get_app(app).release
+        """The newest `limit` releases, newest first: pending and failed ones too."""
+        newest = self.get_app(app).newest
         versions = range(newest, max(newest - limit, 0), -1)
         with self._mapped(f"list releases of {app}"):
             pending = [self._zk.get_async(_release_path(app, v)) for v in versions]
@@ -499,6 +517,8 @@ class Store:
         return releases
 
     def _cached_release(self, app: str, czxid: int, version: int) -> Release:
+        """A release the app's `release` names: it went live, so nothing in it changes
+        again and it may be cached."""
         key = (app, czxid, version)
         with self._lock:
             cached = self._releases.get(key)
@@ -520,17 +540,31 @@ class Store:
             while len(self._releases) > _RELEASE_CACHE_SIZE:
                 self._releases.popitem(last=False)
 
-    def _append_release(self, app: str, make: Callable[[Release], Release]) -> Release:
-        """Write the next release, computed by `make` from the newest one, as a CAS on the app.
+    def _append_release(
+        self, app: str, make: Callable[[Release], Release], *, pending: bool = False
+    ) -> Release:
+        """Write the next release, computed by `make` from the current one, as a CAS on the app.
+        It goes live at once (the app's `release` names it), or, `pending`, it is only written
+        (`latest` names it) until `finish_release` says how its release phase went.
 
         `make` is re-run on a fresh read whenever another writer got there first."""
         for _ in range(_CAS_ATTEMPTS):
             op = uuid.uuid4().hex
             current, stat = self._app_and_stat(app)
-            newest = self._cached_release(app, stat.czxid, current.release)
-            release = make(newest)
-            release = replace(release, app=app, version=current.release + 1, created_at=now())
-            updated = replace(current, release=release.version)
+            base = self._cached_release(app, stat.czxid, current.release)
+            release = make(base)
+            release = replace(
+                release,
+                app=app,
+                version=current.newest + 1,
+                created_at=now(),
+                status=RELEASE_PENDING if pending else RELEASE_SUCCEEDED,
+                status_reason="",
+            )
+            if pending:
+                updated = replace(current, latest=release.version)
+            else:
+                updated = replace(current, release=release.version, latest=None)
             try:
                 with self._mapped(f"write release v{release.version} of {app}"):
                     results = self._commit(
@@ -549,10 +583,16 @@ class Store:
                 raise
             failure = self._failure(results)
             if failure is None:
-                self._remember((app, stat.czxid, release.version), release)
+                if not pending:
+                    self._remember((app, stat.czxid, release.version), release)
                 log.info(
                     "release created",
-                    extra={"app": app, "release": release.version, "by": release.created_by},
+                    extra={
+                        "app": app,
+                        "release": release.version,
+                        "by": release.created_by,
+                        "status": release.status,
+                    },
                 )
                 return release
             if isinstance(failure, NoNodeError):
@@ -592,8 +632,11 @@ class Store:
         process_types: Mapping[str, str],
         description: str,
         created_by: str,
+        *,
+        pending: bool = False,
     ) -> Release:
-        """A new release running `artifact`, keeping the current config."""
+        """A new release running `artifact`, keeping the current config. `pending`: it does
+        not go live yet (its release phase runs first; then `finish_release`)."""
 
         def make(newest: Release) -> Release:
             return replace(
@@ -604,7 +647,91 @@ class Store:
                 created_by=created_by,
             )
 
-        return self._append_release(app, make)
+        return self._append_release(app, make, pending=pending)
+
+    def finish_release(self, app: str, version: int, succeeded: bool, reason: str) -> Release:
+        """The outcome of pending release vN's release phase. Succeeded: it becomes the app's
+        current release in one transaction with its status — but only while it is still the
+        newest release written; if another was made meanwhile (a config change, a rollback)
+        it is failed instead, as superseded, and the current release stays. Failed: the
+        status only; the current release stays. Returns the release as it now is (a release
+        no longer pending is returned unchanged)."""
+        path = _release_path(app, version)
+        for _ in range(_CAS_ATTEMPTS):
+            current, stat = self._app_and_stat(app)
+            with self._mapped(f"read release v{version} of {app}"):
+                try:
+                    data, rstat = self._get(path)
+                except NoNodeError:
+                    raise NotFound(f"app {app} has no release v{version}") from None
+            if release_status(data)[0] != RELEASE_PENDING:
+                return self._release_from(app, data)
+            ops: list[Op] = []
+            if succeeded and current.newest == version:
+                data.update(status=RELEASE_SUCCEEDED, status_reason="")
+                live = replace(current, release=version, latest=None)
+                ops.append(("set_data", f"/apps/{app}", _dump(live.to_json()), stat.version))
+            else:
+                if succeeded:
+                    newer = self.get_release(app, current.newest)
+                    reason = (
+                        f"superseded: v{newer.version} ({newer.description}) was made while"
+                        " its release command ran"
+                    )
+                data.update(status=RELEASE_FAILED, status_reason=reason[:MAX_STATUS_REASON])
+            ops.append(("set_data", path, _dump(data), rstat.version))
+            try:
+                with self._mapped(f"finish release v{version} of {app}"):
+                    failure = self._failure(self._commit(ops))
+            except Unavailable:
+                continue  # the answer was lost: read again (a finished status says it landed)
+            if failure is None:
+                release = self._release_from(app, data)
+                if release.status == RELEASE_SUCCEEDED:
+                    self._remember((app, stat.czxid, version), release)
+                log.info(
+                    "release finished",
+                    extra={"app": app, "release": version, "status": release.status},
+                )
+                return release
+            if isinstance(failure, NoNodeError):
+                raise NotFound(f"no app named {app}")
+            if not isinstance(failure, BadVersionError):
+                raise BerthError(f"could not finish release v{version} of {app}: {failure!r}")
+        raise Conflict(f"app {app} is changing too fast to finish release v{version}; try again")
+
+    def fail_pending_releases(self, app: str, reason: str, look_back: int = 15) -> list[int]:
+        """Fail the app's pending releases among its newest `look_back`: the push that ran
+        their release phase ended without finishing them (the API stopped). Only the one
+        running that app's pushes may call this, under its push lock."""
+        failed = []
+        for release in self.list_releases(app, look_back):
+            if release.status == RELEASE_PENDING:
+                self.finish_release(app, release.version, False, reason)
+                failed.append(release.version)
+        return failed
+
+    def rollback_target(self, app: str, version: int | None) -> Release:
+        """The release `rollback` would copy: vN, or by default the newest release before the
+        current one that went live. Conflict for a release that never went live."""
+        if version is None:
+            current = self.get_app(app).release
+            for candidate in range(current - 1, 0, -1):
+                release = self.get_release(app, candidate)
+                if release.status == RELEASE_SUCCEEDED:
+                    return release
+            raise Conflict(f"app {app} has only v{current}: there is no earlier release")
+        target = self.get_release(app, version)
+        if target.status == RELEASE_PENDING:
+            raise Conflict(
+                f"v{version} of {app} is still running its release command: it is not live yet"
+            )
+        if target.status == RELEASE_FAILED:
+            why = f" ({target.status_reason})" if target.status_reason else ""
+            raise Conflict(
+                f"v{version} of {app} never went live{why}: roll back to a release that did"
+            )
+        return target
 
     def rollback(
         self,
@@ -615,15 +742,12 @@ class Store:
         description: str | None = None,
         only_if_newest: int | None = None,
     ) -> Release:
-        """A new release copying vN's artifact, config and process types (default: the one
-        before the newest). With `only_if_newest`, Conflict unless that is still the newest
-        release (the framework rolls back a failed deploy only if nobody deployed since)."""
-        if version is None:
-            newest = self.get_app(app).release
-            if newest < 2:
-                raise Conflict(f"app {app} has only v{newest}: there is no earlier release")
-            version = newest - 1
-        target = self.get_release(app, version)
+        """A new release copying vN's artifact, config and process types (default: the newest
+        release before the current one that went live; never one whose release phase failed
+        or is pending: `rollback_target`). With `only_if_newest`, Conflict unless that is
+        still the current release (the framework rolls back a failed deploy only if nobody
+        deployed since)."""
+        target = self.rollback_target(app, version)
 
         def make(newest: Release) -> Release:
             if only_if_newest is not None and newest.version != only_if_newest:
@@ -917,11 +1041,14 @@ class Store:
         cpus: float,
         created_by: str,
         secret: str,
+        release_version: int | None = None,
     ) -> Run:
-        """A pending run of the app's newest release, numbered from the app's run counter
-        (`/apps/<app>/runs` data, CAS) in one transaction with its znode. Invalid if the app
-        has nothing to run yet. Finished runs beyond KEEP_FINISHED are dropped, oldest first."""
-        release = self.get_release(app)
+        """A pending run of the app's current release (or of release `release_version`: a
+        push's release phase runs from its pending release), numbered from the app's run
+        counter (`/apps/<app>/runs` data, CAS) in one transaction with its znode. Conflict if
+        the app has nothing to run yet. Finished runs beyond KEEP_FINISHED are dropped, oldest
+        first."""
+        release = self.get_release(app, release_version)
         if release.artifact is None:
             raise Conflict(f"{app} has no build to run yet: push or deploy first")
         for _ in range(_CAS_ATTEMPTS):

@@ -202,8 +202,12 @@ def test_process_types_from_the_procfile_over_the_defaults() -> None:
     assert merge_process_types({}, {"web": "bin/hello"}) == {"web": "bin/hello"}
     with pytest.raises(BuildError, match="add a Procfile"):
         merge_process_types({}, {})
-    with pytest.raises(BuildError, match="release phase"):
-        merge_process_types({"release": "migrate", "web": "x"}, {})
+    assert merge_process_types({"release": "migrate"}, {"web": "x"}) == {
+        "web": "x",
+        "release": "migrate",
+    }
+    with pytest.raises(BuildError, match="add a Procfile"):
+        merge_process_types({"release": "migrate"}, {})  # a release phase alone runs nothing
     with pytest.raises(BuildError, match="line 1"):
         parse_procfile("web gunicorn\n")
 

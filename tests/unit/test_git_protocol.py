@@ -165,8 +165,11 @@ def test_process_types_run_the_images_command_as_web() -> None:
     assert process_types({"web": "x"}, has_command=False) == {"web": "x"}
     with pytest.raises(BuildError, match="no CMD"):
         process_types({"worker": "w"}, has_command=False)
-    with pytest.raises(BuildError, match="release phase"):
-        process_types({"release": "migrate"}, has_command=True)
+    # the release phase's command is kept beside web (the push runs it; it is never scaled)
+    assert process_types({"release": "migrate"}, has_command=True) == {
+        "release": "migrate",
+        "web": "",
+    }
 
 
 def test_credential_helper_answers_for_the_berth_url_only() -> None:
