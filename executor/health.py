@@ -104,10 +104,14 @@ class Probe:
         return Outcome(False, f"GET {url}: {status}")
 
 
+FIRST_RETRY = 0.05  # seconds after a first failed startup probe; doubling to startup_interval
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """How often to probe and when to change one's mind. Until the first pass the probe is
-    retried every `startup_interval`, for at most `startup` seconds."""
+    retried after 50 ms, doubling up to every `startup_interval`, for at most `startup`
+    seconds."""
 
     interval: float = 10.0
     failures: int = 3
@@ -192,5 +196,6 @@ class HealthWatch:
                 return False
             if attempts == 1 or attempts % 20 == 0:
                 log.info("waiting for the task to become healthy: %s", outcome.detail)
-            self._stop.wait(self._policy.startup_interval)
+            # a process that starts quickly is seen at once: 50 ms, doubling to the interval
+            self._stop.wait(min(self._policy.startup_interval, FIRST_RETRY * 2 ** (attempts - 1)))
         return False
