@@ -10,26 +10,23 @@ intercepted too."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
-import requests
 from dulwich.repo import Repo as DulwichRepo
 
 from berth.buildpacks.dockerfile import BuildError, Limits
 from berth.buildpacks.slug import BuildpackBuilder, BuildpackOptions
-from tests.conftest import Api
-from tests.support import images, waiting
-from tests.support.services import BerthApi, ZooKeeper, cleanup_executors
+from tests.support import gitrepo, images
+from tests.support.gitrepo import isolated_env
+from tests.support.server import ServerHarness, running
+from tests.support.services import ZooKeeper
 from tests.support.stackimages import StackBuild
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.zookeeper, pytest.mark.haproxy]
@@ -43,73 +40,25 @@ def ca_env() -> dict[str, str]:
     return {"BERTH_BUILD_CA_BUNDLE": str(HOST_CA)} if HOST_CA.is_file() else {}
 
 
-class Berth:
+class Berth(ServerHarness):
+    """`berth server` building with the session's stack images and trusting the host's CA
+    bundle, its tasks on ports 31850-31899."""
+
     def __init__(self, zk: ZooKeeper, root: Path, stack_repository: str) -> None:
-        self.root = root
-        self.data = root / "data"
-        self.server = BerthApi(
-            zk.hosts,
+        super().__init__(
+            zk,
             f"/buildpacks-{uuid.uuid4().hex[:10]}",
-            self.data,
-            root / "server.log",
-            "server",
+            root,
             env={
                 "BERTH_STACK_REPOSITORY": stack_repository,
                 "BERTH_LOCAL_PORTS": "31850-31899",
                 **ca_env(),
             },
         )
-        self.api: Api
-
-    def start(self) -> None:
-        self.server.start(60)
-        self.api = Api(self.server)
-
-    def stop(self) -> None:
-        self.server.stop()
-        cleanup_executors(self.data)
-
-    def get(self, app: str, path: str = "/") -> requests.Response:
-        return requests.get(
-            f"http://127.0.0.1:{self.server.http_port}{path}",
-            headers={"Host": f"{app}.localhost"},
-            timeout=10,
-        )
-
-    def serves(self, app: str, body: str, path: str = "/") -> requests.Response:
-        def check() -> requests.Response | None:
-            try:
-                response = self.get(app, path)
-            except requests.RequestException:
-                return None
-            ok = response.status_code == 200 and response.text.strip() == body
-            return response if ok else None
-
-        found: requests.Response = waiting.wait_for(check, 60, interval=0.1)
-        return found
-
-    def create_app(self, app: str) -> None:
-        reply = self.api.call("POST", "/v1/apps", json={"name": app})
-        assert reply.status_code == 201, reply.text
 
     def set_config(self, app: str, **values: str | None) -> None:
         reply = self.api.call("PATCH", f"/v1/apps/{app}/config", json=values)
         assert reply.status_code == 200, reply.text
-
-    def newest_release(self, app: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.api.call("GET", f"/v1/apps/{app}/releases").json()[0]
-        return found
-
-    def builds(self, app: str) -> list[dict[str, Any]]:
-        done = subprocess.run(
-            [sys.executable, "-m", "berth.cli", "builds", "-a", app, "--json"],
-            env={**os.environ, "BERTH_URL": self.api.url, "BERTH_TOKEN": self.api.token},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        found: list[dict[str, Any]] = json.loads(done.stdout)
-        return found
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +69,7 @@ def berth(
     stack_build: StackBuild,
 ) -> Iterator[Berth]:
     b = Berth(zookeeper, tmp_path_factory.mktemp("buildpacks"), stack_build.repository)
-    b.start()
-    yield b
-    b.stop()
+    yield from running(b)
     remove_app_images(docker_client)
 
 
@@ -132,47 +79,21 @@ def remove_app_images(client: docker.DockerClient) -> None:
     images.remove_app_artifacts(client, PREFIX)
 
 
-class Repo:
-    """A working copy whose `berth` remote `berth git:remote` set, pushed with real git."""
+class Repo(gitrepo.Repo):
+    """A working copy of `app` that sees nothing of this process's environment, and takes
+    the sample apps of tests/apps."""
 
     def __init__(self, berth: Berth, path: Path, app: str) -> None:
-        self.path = path
-        home = path.parent / f"{path.name}-home"
-        home.mkdir()
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_AUTHOR_NAME": "Test",
-            "GIT_AUTHOR_EMAIL": "test@example.com",
-            "GIT_COMMITTER_NAME": "Test",
-            "GIT_COMMITTER_EMAIL": "test@example.com",
-            "BERTH_URL": berth.api.url,
-            "BERTH_TOKEN": berth.api.token,
-        }
-        path.mkdir()
-        self.git("init", "-q", "-b", "main")
-        remote = subprocess.run(
-            [sys.executable, "-m", "berth.cli", "git:remote", "-a", app],
-            cwd=path,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert remote.returncode == 0, remote.stderr
+        super().__init__(path, app, isolated_env(berth.api.url, berth.api.token))
 
-    def git(self, *args: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            ["git", *args], cwd=self.path, env=self.env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
-        return done
-
-    def commit(self, files: dict[str, str] | None = None, sample: str | None = None) -> str:
-        """Adds a sample app of tests/apps and/or files, commits, returns the commit."""
+    def commit(
+        self,
+        files: Mapping[str, str | bytes | None] | None = None,
+        message: str = "change",
+        *,
+        sample: str | None = None,
+    ) -> str:
+        """Adds a sample app of tests/apps (if named) and `files`, commits, returns the commit."""
         if sample is not None:
             shutil.copytree(
                 APPS / sample,
@@ -180,22 +101,7 @@ class Repo:
                 dirs_exist_ok=True,
                 ignore=shutil.ignore_patterns("__pycache__"),
             )
-        for name, content in (files or {}).items():
-            (self.path / name).parent.mkdir(parents=True, exist_ok=True)
-            (self.path / name).write_text(content)
-        self.git("add", "-A")
-        self.git("commit", "-q", "-m", "change")
-        return self.git("rev-parse", "HEAD").stdout.strip()
-
-    def push(self) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["git", "push", "berth", "main"],
-            cwd=self.path,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        return super().commit(files, message)
 
 
 def leftovers(berth: Berth, client: docker.DockerClient, app: str) -> list[str]:
@@ -253,6 +159,10 @@ def test_python_app_builds_as_app_and_its_second_push_uses_the_cache(
         " unchanged)" in pushed.stderr
     )
     assert "Downloading gunicorn" not in pushed.stderr
+    assert "remote: -----> Requirements installed already (the cached virtualenv has them)" in (
+        pushed.stderr
+    )
+    assert "Installing requirements with pip" not in pushed.stderr
     berth.serves(app, expected.replace(commit[:12], second[:12]))
     assert leftovers(berth, docker_client, app) == []
 
@@ -289,7 +199,7 @@ def test_each_kind_of_app_serves_its_own_body(
     if sample == "static":  # static.json: clean URLs and headers
         about = berth.serves(app, "static: about", "/about")
         assert about.headers["X-Berth-Static"] == "yes"
-        assert berth.get(app, "/Procfile-or-anything").status_code == 404
+        assert berth.get(f"{app}.localhost", "/Procfile-or-anything").status_code == 404
 
 
 def test_buildpacks_file_and_buildpack_url_choose_the_buildpacks(

@@ -19,6 +19,7 @@ import requests
 from berth.framework.model import TERMINAL_STATES
 from tests.conftest import Api
 from tests.support import waiting
+from tests.support.server import remove_containers, running
 from tests.support.services import (
     BerthApi,
     BerthFramework,
@@ -89,15 +90,8 @@ def berth(
     docker_client: docker.DockerClient,
     test_image: str,
 ) -> Iterator[Berth]:
-    b = Berth(zookeeper, chroot, tmp_path, "30600-30699")
-    b.start()
-    yield b
-    b.stop()
-    for app in ("e2e-web", "e2e-crash", "e2e-orphan"):
-        for container in docker_client.containers.list(
-            all=True, filters={"label": f"berth.app={app}"}
-        ):
-            container.remove(force=True)
+    yield from running(Berth(zookeeper, chroot, tmp_path, "30600-30699"))
+    remove_containers(docker_client, "e2e-web", "e2e-crash", "e2e-orphan")
 
 
 def deploy(api: Api, app: str, image: str, **processes: str) -> None:

@@ -12,7 +12,6 @@ import json
 import os
 import queue
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,6 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
-import requests
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo as DulwichRepo
 
@@ -32,68 +30,26 @@ from berth.cli.gitremote import helper_command
 from berth.framework.sealing import Sealer, load_or_create_key
 from berth.framework.settings import make_settings
 from berth.framework.state import Store
-from tests.conftest import Api
-from tests.support import images, waiting
-from tests.support.services import (
-    BerthApi,
-    BerthFramework,
-    BerthRouter,
-    ZooKeeper,
-    cleanup_executors,
-)
+from tests.support import gitrepo, images, waiting
+from tests.support.gitrepo import dockerfile_app, isolated_env
+from tests.support.server import SplitHarness, running
+from tests.support.services import ZooKeeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.zookeeper, pytest.mark.haproxy]
 
-SERVE_WWW = 'CMD httpd -f -p "$PORT" -h /www\n'
 
+class Berth(SplitHarness):
+    """`berth api` refusing packs over 1 MiB, `berth framework` running tasks on ports
+    31500-31549, and `berth router`, in a chroot of their own."""
 
-class Berth:
     def __init__(self, zk: ZooKeeper, root: Path) -> None:
-        chroot = f"/git-{uuid.uuid4().hex[:10]}"
-        self.root = root
-        self.data = root / "data"
-        self.api_server = BerthApi(
-            zk.hosts, chroot, self.data, root / "api.log", env={"BERTH_GIT_MAX_PACK_MB": "1"}
+        super().__init__(
+            zk,
+            f"/git-{uuid.uuid4().hex[:10]}",
+            root,
+            "31500-31549",
+            api_env={"BERTH_GIT_MAX_PACK_MB": "1"},
         )
-        self.framework = BerthFramework(
-            zk.hosts, chroot, self.data, root / "framework.log", "31500-31549"
-        )
-        self.router = BerthRouter(zk.hosts, chroot, self.data, root / "router.log")
-        self.api: Api
-
-    def start(self) -> None:
-        self.api_server.start()
-        self.api = Api(self.api_server)
-        self.framework.start()
-        self.framework.wait_leading()
-        self.router.start()
-
-    def stop(self) -> None:
-        self.router.stop()
-        self.framework.stop()
-        self.api_server.stop()
-        cleanup_executors(self.data)
-
-    def get(self, app: str) -> requests.Response:
-        return requests.get(self.router.url, headers={"Host": f"{app}.localhost"}, timeout=10)
-
-    def serves(self, app: str, body: str) -> None:
-        def check() -> bool:
-            try:
-                response = self.get(app)
-            except requests.RequestException:
-                return False
-            return response.status_code == 200 and response.text.strip() == body
-
-        waiting.wait_for(check, 60, interval=0.1)
-
-    def create_app(self, app: str) -> None:
-        reply = self.api.call("POST", "/v1/apps", json={"name": app})
-        assert reply.status_code == 201, reply.text
-
-    def newest_release(self, app: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.api.call("GET", f"/v1/apps/{app}/releases").json()[0]
-        return found
 
 
 @pytest.fixture(scope="module")
@@ -103,88 +59,17 @@ def berth(
     docker_client: docker.DockerClient,
     test_image: str,
 ) -> Iterator[Berth]:
-    b = Berth(zookeeper, tmp_path_factory.mktemp("git-push"))
-    b.start()
-    yield b
-    b.stop()
+    yield from running(Berth(zookeeper, tmp_path_factory.mktemp("git-push")))
     images.remove_app_artifacts(docker_client, "gp-")
 
 
-class Repo:
-    """A working copy with the `berth` remote set by `berth git:remote`, driven by the real
-    git binary with an isolated HOME and no prompts."""
+class Repo(gitrepo.Repo):
+    """A working copy of `app` that sees nothing of this process's environment; git pushes
+    with `token` (the admin's by default), `berth git:remote` runs with the admin's."""
 
     def __init__(self, berth: Berth, path: Path, app: str, token: str | None = None) -> None:
-        self.path = path
-        self.app = app
-        home = path.parent / f"{path.name}-home"
-        home.mkdir()
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_AUTHOR_NAME": "Test",
-            "GIT_AUTHOR_EMAIL": "test@example.com",
-            "GIT_COMMITTER_NAME": "Test",
-            "GIT_COMMITTER_EMAIL": "test@example.com",
-            "BERTH_URL": berth.api.url,
-            "BERTH_TOKEN": token or berth.api.token,
-        }
-        path.mkdir()
-        self.git("init", "-q", "-b", "main")
-        remote = subprocess.run(
-            [sys.executable, "-m", "berth.cli", "git:remote", "-a", app],
-            cwd=path,
-            env={**self.env, "BERTH_TOKEN": berth.api.token},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert remote.returncode == 0, remote.stderr
-
-    def git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            ["git", *args], cwd=self.path, env=self.env, capture_output=True, text=True
-        )
-        if check:
-            assert done.returncode == 0, done.stderr
-        return done
-
-    def commit(self, files: dict[str, str | bytes], message: str = "change") -> str:
-        for name, content in files.items():
-            target = self.path / name
-            if isinstance(content, bytes):
-                target.write_bytes(content)
-            else:
-                target.write_text(content)
-        self.git("add", "-A")
-        self.git("commit", "-q", "-m", message)
-        return self.git("rev-parse", "HEAD").stdout.strip()
-
-    def push(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.git("push", "berth", *(args or ("main",)), check=False)
-
-
-def dockerfile_app(body: str, extra: str = "") -> dict[str, str | bytes]:
-    return {
-        "Dockerfile": f"FROM berth-test/busybox:1\n{extra}COPY index.html /www/index.html\n"
-        + SERVE_WWW,
-        "index.html": body + "\n",
-    }
-
-
-def cli(berth: Berth, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "berth.cli", *args],
-        env={**os.environ, "BERTH_URL": berth.api.url, "BERTH_TOKEN": berth.api.token},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+        env = isolated_env(berth.api.url, token or berth.api.token)
+        super().__init__(path, app, env, remote_token=berth.api.token)
 
 
 def test_push_builds_releases_and_a_failing_build_keeps_the_old_release(
@@ -233,20 +118,20 @@ def test_push_builds_releases_and_a_failing_build_keeps_the_old_release(
     assert "fail-5" in pushed.stderr
     assert "[remote rejected] main -> main (build failed:" in pushed.stderr
     assert berth.newest_release(app)["version"] == 3
-    assert berth.get(app).text.strip() == second
+    assert berth.get(f"{app}.localhost").text.strip() == second
 
-    listed = json.loads(cli(berth, "builds", "-a", app, "--json"))
+    listed = berth.builds(app)
     assert [b["status"] for b in listed] == ["failed", "succeeded", "succeeded"]
     assert listed[0]["commit"] == broken
     assert listed[0]["release"] is None
     assert listed[1]["release"] == 3
     assert listed[1]["builder"] == "dockerfile"
     assert "log" not in listed[0]
-    shown = cli(berth, "builds:info", listed[0]["id"], "-a", app)
+    shown = berth.cli("builds:info", listed[0]["id"], "-a", app).stdout
     assert "Status:" in shown
     assert "failed" in shown
     assert "fail-5" in shown  # the log
-    info = json.loads(cli(berth, "builds:info", listed[1]["id"], "-a", app, "--json"))
+    info = json.loads(berth.cli("builds:info", listed[1]["id"], "-a", app, "--json").stdout)
     assert "-----> Released v3" in info["log"]
     assert berth.api.call("GET", f"/v1/apps/{app}/builds/nope").status_code == 422
     missing = berth.api.call("GET", f"/v1/apps/{app}/builds/000000000000")
@@ -353,8 +238,8 @@ def test_a_release_that_never_starts_fails_the_push(berth: Berth, tmp_path: Path
     assert "remote: -----> Release v3 made" in pushed.stderr
     assert "v3 is no longer the newest release: v4 (Rollback to v2" in pushed.stderr
     assert "[remote rejected] main -> main" in pushed.stderr
-    assert berth.get(app).text.strip() == body
-    builds = json.loads(cli(berth, "builds", "-a", app, "--json"))
+    assert berth.get(f"{app}.localhost").text.strip() == body
+    builds = berth.builds(app)
     assert builds[0]["release"] == 3
     assert "no longer the newest" in builds[0]["error"]
 

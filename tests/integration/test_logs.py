@@ -25,7 +25,8 @@ from berth.framework import http1, logship
 from berth.framework.loglines import Record, platform_token, read_token, task_token
 from tests.conftest import Api
 from tests.support import waiting
-from tests.support.services import BerthApi, ZooKeeper, cleanup_executors, free_port
+from tests.support.server import ServerHarness, remove_containers, running
+from tests.support.services import ZooKeeper, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.zookeeper]
 
@@ -45,18 +46,11 @@ def wait_for(what: Callable[[], Any], timeout: float = 90.0) -> Any:
     return waiting.wait_for(what, timeout, interval=0.2)
 
 
-class Berth:
-    """`berth server` and a CLI logged in to it."""
-
-    def __init__(self, zk: ZooKeeper, chroot: str, root: Path) -> None:
-        self.root = root
-        self.data = root / "data"
-        self.server = BerthApi(zk.hosts, chroot, self.data, root / "server.log", "server")
-        self.api: Api
+class Berth(ServerHarness):
+    """`berth server` (its logd answering once started) and a CLI logged in to it."""
 
     def start(self) -> None:
-        self.server.start(60)
-        self.api = Api(self.server)
+        super().start()
         wait_for(self.logd_up, 30)
 
     def logd_up(self) -> bool:
@@ -66,36 +60,6 @@ class Berth:
         except requests.RequestException:
             return False
 
-    def stop(self) -> None:
-        self.server.stop()
-        cleanup_executors(self.data)
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "berth.cli", *args],
-            env=self.cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if check:
-            assert result.returncode == 0, result.stderr
-        return result
-
-    def cli_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-        env.update(
-            BERTH_URL=self.api.url,
-            BERTH_TOKEN=self.api.token,
-            XDG_CONFIG_HOME=str(self.root / "config"),
-        )
-        return env
-
-    def records(self, app: str, *args: str) -> list[dict[str, Any]]:
-        out = self.cli("logs", "-a", app, "--json", "-n", "10000", *args).stdout
-        return [json.loads(line) for line in out.splitlines()]
-
     def records_if_up(self, app: str) -> list[dict[str, Any]] | None:
         """The records, or None while the API or logd does not answer."""
         result = self.cli("logs", "-a", app, "--json", "-n", "10000", check=False)
@@ -104,7 +68,7 @@ class Berth:
         return [json.loads(line) for line in result.stdout.splitlines()]
 
     def deploy(self, app: str, image: str, **processes: str) -> None:
-        assert self.api.call("POST", "/v1/apps", json={"name": app}).status_code == 201
+        self.create_app(app)
         body = {"image": image, "process_types": processes}
         answer = self.api.call("POST", f"/v1/apps/{app}/deploy", json=body)
         assert answer.status_code == 201, answer.text
@@ -132,15 +96,10 @@ def berth(
     docker_client: docker.DockerClient,
     test_image: str,
 ) -> Iterator[Berth]:
-    b = Berth(zookeeper, f"/test-logs-{os.getpid()}", tmp_path_factory.mktemp("logs"))
-    b.start()
-    yield b
-    b.stop()
-    for app in APPS:
-        for container in docker_client.containers.list(
-            all=True, filters={"label": f"berth.app={app}"}
-        ):
-            container.remove(force=True)
+    yield from running(
+        Berth(zookeeper, f"/test-logs-{os.getpid()}", tmp_path_factory.mktemp("logs"))
+    )
+    remove_containers(docker_client, *APPS)
 
 
 def texts(records: list[dict[str, Any]], process: str) -> list[str]:

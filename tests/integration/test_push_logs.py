@@ -5,10 +5,7 @@ and the `berth` CLI reading the logs."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,61 +14,27 @@ from typing import Any
 import docker
 import pytest
 
-from tests.conftest import Api
-from tests.support import images, waiting
-from tests.support.services import BerthApi, ZooKeeper, cleanup_executors
+from tests.support import gitrepo, images, waiting
+from tests.support.gitrepo import dockerfile_app
+from tests.support.server import ServerHarness, running
+from tests.support.services import ZooKeeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.zookeeper, pytest.mark.haproxy]
 
 PREFIX = "pl-"
 
 
-class Berth:
+class Berth(ServerHarness):
+    """`berth server` keeping the images of 2 releases per app, its tasks on ports
+    31750-31799."""
+
     def __init__(self, zk: ZooKeeper, root: Path) -> None:
-        self.root = root
-        self.data = root / "data"
-        self.server = BerthApi(
-            zk.hosts,
+        super().__init__(
+            zk,
             f"/push-logs-{uuid.uuid4().hex[:10]}",
-            self.data,
-            root / "server.log",
-            "server",
+            root,
             env={"BERTH_KEEP_RELEASES": "2", "BERTH_LOCAL_PORTS": "31750-31799"},
         )
-        self.api: Api
-
-    def start(self) -> None:
-        self.server.start(60)
-        self.api = Api(self.server)
-
-    def stop(self) -> None:
-        self.server.stop()
-        cleanup_executors(self.data)
-
-    def cli_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-        env.update(
-            BERTH_URL=self.api.url,
-            BERTH_TOKEN=self.api.token,
-            XDG_CONFIG_HOME=str(self.root / "config"),
-        )
-        return env
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "berth.cli", *args],
-            env=self.cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    def records(self, app: str, *args: str) -> list[dict[str, Any]]:
-        out = self.cli("logs", "-a", app, "--json", "-n", "10000", *args)
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def berth_lines(self, app: str) -> list[str]:
         return [r["text"] for r in self.records(app, "--source", "berth")]
@@ -84,56 +47,21 @@ def berth(
     docker_client: docker.DockerClient,
     test_image: str,
 ) -> Iterator[Berth]:
-    b = Berth(zookeeper, tmp_path_factory.mktemp("push-logs"))
-    b.start()
-    yield b
-    b.stop()
+    yield from running(Berth(zookeeper, tmp_path_factory.mktemp("push-logs")))
     images.remove_app_artifacts(docker_client, PREFIX)
 
 
-class Repo:
-    """A working copy whose `berth` remote `berth git:remote` set, pushed with real git."""
+class Repo(gitrepo.Repo):
+    """A working copy of `app` whose git and CLI run with the harness's CLI environment."""
 
     def __init__(self, berth: Berth, path: Path, app: str) -> None:
-        self.path = path
-        home = path.parent / f"{path.name}-home"
-        home.mkdir()
-        self.env = {
-            **berth.cli_env(),
-            "HOME": str(home),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_AUTHOR_NAME": "Test",
-            "GIT_AUTHOR_EMAIL": "test@example.com",
-            "GIT_COMMITTER_NAME": "Test",
-            "GIT_COMMITTER_EMAIL": "test@example.com",
-        }
-        path.mkdir()
-        self.git("init", "-q", "-b", "main")
-        remote = subprocess.run(
-            [sys.executable, "-m", "berth.cli", "git:remote", "-a", app],
-            cwd=path,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert remote.returncode == 0, remote.stderr
-
-    def git(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["git", *args], cwd=self.path, env=self.env, capture_output=True, text=True
-        )
+        super().__init__(path, app, berth.cli_env())
 
     def push_app(self, body: str, extra: str = "") -> subprocess.CompletedProcess[str]:
-        (self.path / "Dockerfile").write_text(
-            f"FROM berth-test/busybox:1\n{extra}COPY index.html /www/index.html\n"
-            'CMD httpd -f -p "$PORT" -h /www\n'
-        )
-        (self.path / "index.html").write_text(body + "\n")
-        assert self.git("add", "-A").returncode == 0
-        assert self.git("commit", "-q", "-m", body).returncode == 0
-        return self.git("push", "berth", "main")
+        """Commits a Dockerfile app serving `body` (`extra`: more Dockerfile lines) and
+        pushes it."""
+        self.commit(dockerfile_app(body, extra), body)
+        return self.push()
 
 
 def app_images(client: docker.DockerClient, app: str) -> dict[str, str]:
@@ -147,8 +75,7 @@ def app_images(client: docker.DockerClient, app: str) -> dict[str, str]:
 
 
 def newest_ref(berth: Berth, app: str) -> str:
-    release = berth.api.call("GET", f"/v1/apps/{app}/releases").json()[0]
-    return str(release["artifact"]["ref"])
+    return str(berth.newest_release(app)["artifact"]["ref"])
 
 
 def deployed(berth: Berth, app: str, version: int) -> None:
@@ -161,11 +88,11 @@ def deployed(berth: Berth, app: str, version: int) -> None:
 
 def test_build_output_and_deploys_are_in_the_apps_log(berth: Berth, tmp_path: Path) -> None:
     app = f"{PREFIX}logs"
-    assert berth.api.call("POST", "/v1/apps", json={"name": app}).status_code == 201
+    berth.create_app(app)
     repo = Repo(berth, tmp_path / "logs", app)
     pushed = repo.push_app("first")
     assert pushed.returncode == 0, pushed.stderr
-    first = json.loads(berth.cli("builds", "-a", app, "--json"))[0]
+    first = berth.builds(app)[0]
 
     def build_lines() -> list[dict[str, Any]] | None:
         found = berth.records(app, "--source", "build")
@@ -180,7 +107,7 @@ def test_build_output_and_deploys_are_in_the_apps_log(berth: Berth, tmp_path: Pa
         next(t for t in texts if t.startswith("-----> Released v2"))
     )
     # the CLI, in Heroku's format
-    shown = berth.cli("logs", "-a", app, "--source", "build", "-n", "500")
+    shown = berth.cli("logs", "-a", app, "--source", "build", "-n", "500").stdout
     assert f" build[{first['id']}]: -----> Building with the Dockerfile" in shown
     platform = berth.berth_lines(app)
     started = f"Build {first['id']} started by "
@@ -209,7 +136,7 @@ def test_build_output_and_deploys_are_in_the_apps_log(berth: Berth, tmp_path: Pa
     # a failing build: its lines, and the berth line saying why
     pushed = repo.push_app("broken", extra="RUN echo nope-$((6*7)) && false\n")
     assert pushed.returncode != 0
-    failed = json.loads(berth.cli("builds", "-a", app, "--json"))[0]
+    failed = berth.builds(app)[0]
     assert failed["status"] == "failed"
 
     def failure() -> list[str] | None:
@@ -226,7 +153,7 @@ def test_old_images_are_pruned_keeping_rollback_targets_and_used_ones(
     berth: Berth, tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
     app = f"{PREFIX}prune"
-    assert berth.api.call("POST", "/v1/apps", json={"name": app}).status_code == 201
+    berth.create_app(app)
     repo = Repo(berth, tmp_path / "prune", app)
     refs = {}
     for version, body in ((2, "one"), (3, "two"), (4, "three")):

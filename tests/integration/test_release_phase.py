@@ -10,88 +10,40 @@ still running at BERTH_RELEASE_PHASE_TIMEOUT (30 s in this module) is stopped.""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
-import requests
 
-from tests.conftest import Api
-from tests.support import images, waiting
-from tests.support.services import BerthApi, ZooKeeper, cleanup_executors
+from tests.support import gitrepo, images
+from tests.support.gitrepo import dockerfile_app
+from tests.support.server import ServerHarness, running
+from tests.support.services import ZooKeeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.zookeeper, pytest.mark.haproxy]
 
 PREFIX = "rp-"
 
 
-class Berth:
+class Berth(ServerHarness):
+    """`berth server` stopping a release command after 30 s, its tasks on ports
+    31900-31949."""
+
     def __init__(self, zk: ZooKeeper, root: Path) -> None:
-        self.root = root
-        self.data = root / "data"
-        self.server = BerthApi(
-            zk.hosts,
+        super().__init__(
+            zk,
             f"/release-phase-{uuid.uuid4().hex[:10]}",
-            self.data,
-            root / "server.log",
-            "server",
+            root,
             # every release command here but one ends in a second or two
             env={"BERTH_LOCAL_PORTS": "31900-31949", "BERTH_RELEASE_PHASE_TIMEOUT": "30"},
         )
-        self.api: Api
 
-    def start(self) -> None:
-        self.server.start(60)
-        self.api = Api(self.server)
-
-    def stop(self) -> None:
-        self.server.stop()
-        cleanup_executors(self.data)
-
-    def cli_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-        env.update(
-            BERTH_URL=self.api.url,
-            BERTH_TOKEN=self.api.token,
-            XDG_CONFIG_HOME=str(self.root / "config"),
-        )
-        return env
-
-    def cli(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "berth.cli", *args],
-            env=self.cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if ok:
-            assert done.returncode == 0, done.stderr
-        return done
-
-    def get(self, app: str) -> str:
-        answer = requests.get(
-            f"http://127.0.0.1:{self.server.http_port}/",
-            headers={"Host": f"{app}.localhost"},
-            timeout=10,
-        )
+    def page(self, app: str) -> str:
+        """What the router answers for the app: its body, stripped, or "HTTP <status>"."""
+        answer = self.get(f"{app}.localhost")
         return answer.text.strip() if answer.status_code == 200 else f"HTTP {answer.status_code}"
-
-    def serves(self, app: str, body: str) -> None:
-        """Wait until the router answers `body` for the app (it follows tasks in a moment)."""
-        waiting.wait_for(lambda: self.get(app) == body, 60, interval=0.1)
-
-    def releases(self, app: str) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = self.api.call("GET", f"/v1/apps/{app}/releases").json()
-        return found
 
 
 @pytest.fixture(scope="module")
@@ -101,75 +53,24 @@ def berth(
     docker_client: docker.DockerClient,
     test_image: str,
 ) -> Iterator[Berth]:
-    b = Berth(zookeeper, tmp_path_factory.mktemp("release-phase"))
-    b.start()
-    yield b
-    b.stop()
+    yield from running(Berth(zookeeper, tmp_path_factory.mktemp("release-phase")))
     images.remove_app_artifacts(docker_client, PREFIX)
 
 
-class Repo:
-    """A working copy whose `berth` remote `berth git:remote` set, pushed with real git."""
+class Repo(gitrepo.Repo):
+    """A working copy of `app`, which it creates, whose git and CLI run with the harness's
+    CLI environment; a push may take 10 minutes."""
+
+    push_timeout = 600.0
 
     def __init__(self, berth: Berth, path: Path, app: str) -> None:
-        assert berth.api.call("POST", "/v1/apps", json={"name": app}).status_code == 201
-        self.path = path
-        home = path.parent / f"{path.name}-home"
-        home.mkdir()
-        self.env = {
-            **berth.cli_env(),
-            "HOME": str(home),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_AUTHOR_NAME": "Test",
-            "GIT_AUTHOR_EMAIL": "test@example.com",
-            "GIT_COMMITTER_NAME": "Test",
-            "GIT_COMMITTER_EMAIL": "test@example.com",
-        }
-        path.mkdir()
-        self.git("init", "-q", "-b", "main")
-        remote = subprocess.run(
-            [sys.executable, "-m", "berth.cli", "git:remote", "-a", app],
-            cwd=path,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert remote.returncode == 0, remote.stderr
+        berth.create_app(app)
+        super().__init__(path, app, berth.cli_env())
 
-    def git(self, *args: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            ["git", *args], cwd=self.path, env=self.env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
-        return done
-
-    def commit(self, body: str, procfile: str | None) -> str:
+    def commit_app(self, body: str, procfile: str | None) -> str:
         """A Dockerfile app serving `body` with busybox httpd, with that Procfile (or none)."""
-        (self.path / "Dockerfile").write_text(
-            "FROM berth-test/busybox:1\nCOPY index.html /www/index.html\n"
-            'CMD httpd -f -p "$PORT" -h /www\n'
-        )
-        (self.path / "index.html").write_text(body + "\n")
-        if procfile is None:
-            (self.path / "Procfile").unlink(missing_ok=True)
-        else:
-            (self.path / "Procfile").write_text(procfile)
-        self.git("add", "-A")
-        self.git("commit", "-q", "-m", body)
-        return self.git("rev-parse", "HEAD").stdout.strip()
-
-    def push(self) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["git", "push", "berth", "main"],
-            cwd=self.path,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        files: dict[str, str | None] = {**dockerfile_app(body), "Procfile": procfile}
+        return self.commit(files, body)
 
     def remote_main(self) -> str:
         """Where the app's branch is on Berth (git ls-remote, through the credential helper)."""
@@ -184,7 +85,7 @@ def test_a_release_command_runs_once_before_the_release_goes_live(
     berth.cli("config:set", "-a", app, "RP_GREETING=hej")  # v2: the release command sees it
     body = f"migrated {uuid.uuid4().hex[:8]}"
     # the shell computes what is printed, so the output cannot be the command's echo
-    repo.commit(body, 'release: echo "migrating-$((6*7)) $RP_GREETING from $DYNO"\n')
+    repo.commit_app(body, 'release: echo "migrating-$((6*7)) $RP_GREETING from $DYNO"\n')
     pushed = repo.push()
     assert pushed.returncode == 0, pushed.stderr
     out = pushed.stderr
@@ -212,7 +113,7 @@ def test_a_release_command_runs_once_before_the_release_goes_live(
     assert "app[run.1]: migrating-42 hej from run.1" in logged
     # `release` is never a formation process
     assert berth.api.call("GET", f"/v1/apps/{app}/formation").json() == {"web": 1}
-    refused = berth.cli("ps:scale", "release=1", "-a", app, ok=False)
+    refused = berth.cli("ps:scale", "release=1", "-a", app, check=False)
     assert refused.returncode != 0
     assert "release phase" in refused.stderr
     answer = berth.api.call("PATCH", f"/v1/apps/{app}/formation", json={"release": 1})
@@ -227,12 +128,12 @@ def test_a_failing_release_command_keeps_the_old_release_serving(
     app = f"{PREFIX}fail"
     repo = Repo(berth, tmp_path / "fail", app)
     old_body = f"old {uuid.uuid4().hex[:8]}"
-    old = repo.commit(old_body, None)
+    old = repo.commit_app(old_body, None)
     pushed = repo.push()
     assert pushed.returncode == 0, pushed.stderr
     berth.serves(app, old_body)
 
-    new = repo.commit("never served", "release: echo failing-$((1+1)); exit 3\n")
+    new = repo.commit_app("never served", "release: echo failing-$((1+1)); exit 3\n")
     pushed = repo.push()
     assert pushed.returncode != 0
     out = pushed.stderr
@@ -242,7 +143,7 @@ def test_a_failing_release_command_keeps_the_old_release_serving(
     assert "[remote rejected] main -> main (release command failed (exit 3))" in out
     assert "Release v3 made" not in out  # it never went live: no scaling, no waiting
     # the old release keeps serving; v3 is listed, failed, and is not current
-    assert berth.get(app) == old_body
+    assert berth.page(app) == old_body
     assert berth.api.call("GET", f"/v1/apps/{app}").json()["release"] == 2
     v3, v2 = berth.releases(app)[:2]
     assert (v3["version"], v3["status"], v3["current"]) == (3, "failed", False)
@@ -262,7 +163,7 @@ def test_a_failing_release_command_keeps_the_old_release_serving(
     refused = berth.api.call("POST", f"/v1/apps/{app}/rollback", json={"version": 3})
     assert refused.status_code == 409
     assert "never went live" in refused.json()["error"]["message"]
-    build = json.loads(berth.cli("builds", "-a", app, "--json").stdout)[0]
+    build = berth.builds(app)[0]
     assert (build["release"], build["error"]) == (3, "release command failed (exit 3)")
     # its image is gone (pruned after the failure); the serving one stays
     tags = {
@@ -272,11 +173,11 @@ def test_a_failing_release_command_keeps_the_old_release_serving(
     }
     assert f"berth/app-{app}:{new[:12]}" not in tags
     assert f"berth/app-{app}:{old[:12]}" in tags
-    assert berth.get(app) == old_body
+    assert berth.page(app) == old_body
 
     # fixed: the next push is v4 (versions are never reused) and goes live
     fixed_body = f"fixed {uuid.uuid4().hex[:8]}"
-    repo.commit(fixed_body, "release: echo fixed\n")
+    repo.commit_app(fixed_body, "release: echo fixed\n")
     pushed = repo.push()
     assert pushed.returncode == 0, pushed.stderr
     assert "remote: -----> Released v4" in pushed.stderr
@@ -289,7 +190,7 @@ def test_a_release_command_over_its_time_is_stopped(
 ) -> None:
     app = f"{PREFIX}slow"
     repo = Repo(berth, tmp_path / "slow", app)
-    repo.commit("never served", "release: echo started-$((2*3)); sleep 600\n")
+    repo.commit_app("never served", "release: echo started-$((2*3)); sleep 600\n")
     pushed = repo.push()
     assert pushed.returncode != 0
     out = pushed.stderr

@@ -19,15 +19,9 @@ import pytest
 import requests
 
 from berth.framework.model import TERMINAL_STATES
-from tests.conftest import Api
 from tests.support import waiting
-from tests.support.services import (
-    BerthApi,
-    BerthFramework,
-    BerthRouter,
-    ZooKeeper,
-    cleanup_executors,
-)
+from tests.support.server import SplitHarness, remove_containers, running
+from tests.support.services import ZooKeeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.zookeeper, pytest.mark.haproxy]
 
@@ -45,37 +39,17 @@ def wait_for(what: Callable[[], Any], timeout: float = 60.0) -> Any:
     return waiting.wait_for(what, timeout, interval=0.1)
 
 
-class Berth:
+class Berth(SplitHarness):
+    """`berth api`, `berth framework` running tasks on ports 30700-30799, and `berth router`,
+    in the test's chroot."""
+
     def __init__(self, zk: ZooKeeper, chroot: str, root: Path) -> None:
-        self.data = root / "data"
-        self.api_server = BerthApi(zk.hosts, chroot, self.data, root / "api.log")
-        self.framework = BerthFramework(
-            zk.hosts, chroot, self.data, root / "framework.log", "30700-30799"
-        )
-        self.router = BerthRouter(zk.hosts, chroot, self.data, root / "router.log")
-        self.api: Api
-
-    def start(self) -> None:
-        self.api_server.start()
-        self.api = Api(self.api_server)
-        self.framework.start()
-        self.framework.wait_leading()
-        self.router.start()
-
-    def stop(self) -> None:
-        self.router.stop()
-        self.framework.stop()
-        self.api_server.stop()
-        cleanup_executors(self.data)
-
-    def get(self, host: str, path: str = "/", **kwargs: Any) -> requests.Response:
-        headers = {"Host": host, **kwargs.pop("headers", {})}
-        return requests.get(f"{self.router.url}{path}", headers=headers, timeout=10, **kwargs)
+        super().__init__(zk, chroot, root, "30700-30799")
 
     def deploy(self, app: str, image: str, marker: str = "") -> int:
         """A new release of `app` (created on first use) serving SERVE; returns its version."""
         if self.api.call("GET", f"/v1/apps/{app}").status_code == 404:
-            assert self.api.call("POST", "/v1/apps", json={"name": app}).status_code == 201
+            self.create_app(app)
         command = SERVE if not marker else f"true {marker} && {SERVE}"
         reply = self.api.call(
             "POST",
@@ -112,15 +86,8 @@ def berth(
     docker_client: docker.DockerClient,
     test_image: str,
 ) -> Iterator[Berth]:
-    b = Berth(zookeeper, chroot, tmp_path)
-    b.start()
-    yield b
-    b.stop()
-    for app in APPS:
-        for container in docker_client.containers.list(
-            all=True, filters={"label": f"berth.app={app}"}
-        ):
-            container.remove(force=True)
+    yield from running(Berth(zookeeper, chroot, tmp_path))
+    remove_containers(docker_client, *APPS)
 
 
 class Load:

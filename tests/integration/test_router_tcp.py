@@ -25,14 +25,8 @@ from berth.cli.main import cli
 from berth.framework.model import TERMINAL_STATES
 from tests.conftest import Api
 from tests.support import waiting
-from tests.support.services import (
-    BerthApi,
-    BerthFramework,
-    BerthRouter,
-    ZooKeeper,
-    cleanup_executors,
-    free_port,
-)
+from tests.support.server import SplitHarness, remove_containers, running
+from tests.support.services import ZooKeeper, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.zookeeper, pytest.mark.haproxy]
 
@@ -53,33 +47,16 @@ def wait_for(what: Callable[[], Any], timeout: float = 60.0) -> Any:
     return waiting.wait_for(what, timeout, interval=0.2)
 
 
-class Berth:
+class Berth(SplitHarness):
+    """`berth api`, `berth framework` running tasks on ports 31400-31449, and `berth router`
+    (with `--accept-proxy` if `accept_proxy`), in the test's chroot."""
+
     def __init__(self, zk: ZooKeeper, chroot: str, root: Path, accept_proxy: bool) -> None:
-        self.data = root / "data"
-        self.api_server = BerthApi(zk.hosts, chroot, self.data, root / "api.log")
-        self.framework = BerthFramework(
-            zk.hosts, chroot, self.data, root / "framework.log", "31400-31449"
-        )
-        self.router = BerthRouter(zk.hosts, chroot, self.data, root / "router.log")
-        if accept_proxy:
-            self.router.argv.append("--accept-proxy")
-        self.api: Api
-
-    def start(self) -> None:
-        self.api_server.start()
-        self.api = Api(self.api_server)
-        self.framework.start()
-        self.framework.wait_leading()
-        self.router.start()
-
-    def stop(self) -> None:
-        self.router.stop()
-        self.framework.stop()
-        self.api_server.stop()
-        cleanup_executors(self.data)
+        router_args = ("--accept-proxy",) if accept_proxy else ()
+        super().__init__(zk, chroot, root, "31400-31449", router_args=router_args)
 
     def deploy(self, image: str, process_types: dict[str, str], formation: dict[str, int]) -> None:
-        assert self.api.call("POST", "/v1/apps", json={"name": APP}).status_code == 201
+        self.create_app(APP)
         reply = self.api.call(
             "POST", f"/v1/apps/{APP}/deploy", json={"image": image, "process_types": process_types}
         )
@@ -107,12 +84,8 @@ class Berth:
 def start_berth(
     zk: ZooKeeper, chroot: str, root: Path, docker_client: docker.DockerClient, accept: bool
 ) -> Iterator[Berth]:
-    b = Berth(zk, chroot, root, accept)
-    b.start()
-    yield b
-    b.stop()
-    for container in docker_client.containers.list(all=True, filters={"label": f"berth.app={APP}"}):
-        container.remove(force=True)
+    yield from running(Berth(zk, chroot, root, accept))
+    remove_containers(docker_client, APP)
 
 
 @pytest.fixture

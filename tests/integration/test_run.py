@@ -18,6 +18,7 @@ import docker
 import pytest
 
 from tests.integration.test_logs import Berth, wait_for
+from tests.support.server import remove_containers
 from tests.support.services import ZooKeeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.zookeeper, pytest.mark.docker]
@@ -37,11 +38,10 @@ def berth(
     b.start()
     # a release with no formation: only one-off runs ever run
     b.deploy(APP, test_image, worker="sleep 3600")
-    assert b.api.call("POST", "/v1/apps", json={"name": EMPTY}).status_code == 201
+    b.create_app(EMPTY)
     yield b
     b.stop()
-    for container in docker_client.containers.list(all=True, filters={"label": f"berth.app={APP}"}):
-        container.remove(force=True)
+    remove_containers(docker_client, APP)
 
 
 def run_cli(berth: Berth, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
