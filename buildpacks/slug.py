@@ -15,18 +15,21 @@ DATA_DIR/builds, `.slugignore` applied; a container of `berth/stack-build:<tag>`
 the user `app` (10000:10000) with every capability dropped, no-new-privileges, the build memory
 limit (no swap beyond it), CPU weight and a pids limit; the source (→ /app, owned by app), the
 buildpacks (→ /opt/berth/buildpacks, root's, read-only to the build) and the config vars
-(ENV_DIR = /tmp/berth/env, one file per var) are copied in with put_archive; the app's cache dir
-DATA_DIR/cache/<app> (owned by 10000) is bind-mounted at /cache (CACHE_DIR). `lib/build.sh`
-runs the buildpacks; its output is streamed to `emit` line by line as it comes; a timer kills
-the container at the build timeout. Then /app is read back as a tar (the slug) and put into a
-created — never started — container of `berth/stack-run:<tag>`, with `lib/launch.sh` as its
-ENTRYPOINT (sources .profile.d, then runs the process's command) and web's command as CMD, and
-`docker commit` makes `berth/app-<app>:<commit12>` (no registry, no pull). Both containers
-and the scratch dir are removed whatever happens.
+(ENV_DIR = /tmp/berth/env, one file per var) are copied in with one put_archive (each
+costs ~0.1 s); the app's cache dir DATA_DIR/cache/<app> (owned by 10000) is bind-mounted at
+/cache (CACHE_DIR). `lib/build.sh` runs the buildpacks; its output is streamed to `emit` line
+by line as it comes; a timer kills the container at the build timeout. Then /app is read back
+as a tar (the slug; the buildpacks' outputs are read at the same time), the launcher appended
+to it, and it is put into a created — never started — container of `berth/stack-run:<tag>`,
+with `lib/launch.sh` as its ENTRYPOINT (sources .profile.d, then runs the process's command)
+and web's command as CMD, and `docker commit` makes `berth/app-<app>:<commit12>` (no
+registry, no pull). Both containers and the scratch dir are removed whatever happens (the
+build container while the image is made).
 
 Runs in the calling thread (a push's build thread in `berth api`), plus one timer thread per
-build. Imports berth.framework and this package only; never berth.api, cli, executor or
-router, nor flask or kazoo.
+build and, briefly, a thread reading the outputs and one removing the build container.
+Imports berth.framework and this package only; never berth.api, cli, executor or router, nor
+flask or kazoo.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -84,7 +88,6 @@ BUILD_DIR = "/app"
 CACHE_DIR = "/cache"
 ENV_DIR = "/tmp/berth/env"  # noqa: S108 - inside the build container, which is ours alone
 OUT_DIR = "/tmp/berth/out"  # noqa: S108
-TMP = "/tmp"  # noqa: S108
 CA_FILE = "/tmp/berth/ca.crt"  # noqa: S108
 LAUNCH = "/usr/local/bin/berth-launch"
 STACK_NAME = f"berth-{stack.SUITE}"
@@ -365,28 +368,37 @@ def _tar_add_dir(tar: tarfile.TarFile, name: str, mode: int, uid: int) -> None:
     tar.addfile(info)
 
 
-def buildpacks_tar() -> bytes:
-    """Our buildpacks and lib/ as a tar rooted at / (opt/berth/buildpacks/…), owned by root."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name in ("opt", "opt/berth", "opt/berth/buildpacks"):
-            _tar_add_dir(tar, name, 0o755, 0)
-        for top in ("lib", *DETECT_ORDER):
-            _tar_add_dir(tar, f"opt/berth/buildpacks/{top}", 0o755, 0)
-            for path in sorted((HERE / top).rglob("*")):
-                if "__pycache__" in path.parts:
-                    continue
-                rel = f"opt/berth/buildpacks/{path.relative_to(HERE).as_posix()}"
-                if path.is_dir():
-                    _tar_add_dir(tar, rel, 0o755, 0)
-                else:
-                    mode = 0o755 if os.access(path, os.X_OK) else 0o644
-                    _tar_add_bytes(tar, rel, path.read_bytes(), mode, 0)
-    return out.getvalue()
+def _add_buildpacks(tar: tarfile.TarFile) -> None:
+    """Our buildpacks and lib/ at opt/berth/buildpacks/…, owned by root."""
+    for name in ("opt", "opt/berth", "opt/berth/buildpacks"):
+        _tar_add_dir(tar, name, 0o755, 0)
+    for top in ("lib", *DETECT_ORDER):
+        _tar_add_dir(tar, f"opt/berth/buildpacks/{top}", 0o755, 0)
+        for path in sorted((HERE / top).rglob("*")):
+            if "__pycache__" in path.parts:
+                continue
+            rel = f"opt/berth/buildpacks/{path.relative_to(HERE).as_posix()}"
+            if path.is_dir():
+                _tar_add_dir(tar, rel, 0o755, 0)
+            else:
+                mode = 0o755 if os.access(path, os.X_OK) else 0o644
+                _tar_add_bytes(tar, rel, path.read_bytes(), mode, 0)
 
 
-def _source_tar(src: Path, dest: Path) -> None:
-    """The checked-out source as a tar for /app, everything owned by app (10000)."""
+def _add_env(tar: tarfile.TarFile, config: Mapping[str, str], ca: bytes | None) -> None:
+    """ENV_DIR (one file per config var, Heroku's way) and the CA bundle, under tmp/ (no entry
+    for tmp itself: the image's /tmp keeps its mode)."""
+    _tar_add_dir(tar, "tmp/berth", 0o700, APP_UID)
+    _tar_add_dir(tar, "tmp/berth/env", 0o700, APP_UID)
+    for key, value in sorted(config.items()):
+        _tar_add_bytes(tar, f"tmp/berth/env/{key}", value.encode(), 0o600, APP_UID)
+    if ca is not None:
+        _tar_add_bytes(tar, "tmp/berth/ca.crt", ca, 0o644, 0)
+
+
+def build_input_tar(src: Path, dest: Path, config: Mapping[str, str], ca: bytes | None) -> None:
+    """Everything a build container starts with, as one tar for / (one put_archive: each costs
+    ~0.1 s): the checked-out source at app/ (owned by app, 10000), the buildpacks, ENV_DIR."""
 
     def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = APP_UID
@@ -394,28 +406,16 @@ def _source_tar(src: Path, dest: Path) -> None:
         return info
 
     with tarfile.open(dest, mode="w") as tar:
-        tar.add(src, arcname=".", filter=owned)
+        tar.add(src, arcname=BUILD_DIR.lstrip("/"), filter=owned)
+        _add_buildpacks(tar)
+        _add_env(tar, config, ca)
 
 
-def _env_tar(config: Mapping[str, str], ca: bytes | None) -> bytes:
-    """ENV_DIR (one file per config var, Heroku's way) and the CA bundle, for /tmp."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        _tar_add_dir(tar, "berth", 0o700, APP_UID)
-        _tar_add_dir(tar, "berth/env", 0o700, APP_UID)
-        for key, value in sorted(config.items()):
-            _tar_add_bytes(tar, f"berth/env/{key}", value.encode(), 0o600, APP_UID)
-        if ca is not None:
-            _tar_add_bytes(tar, "berth/ca.crt", ca, 0o644, 0)
-    return out.getvalue()
-
-
-def _launcher_tar() -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
+def add_launcher(slug: Path) -> None:
+    """Appends the launcher (LAUNCH, root's, 0755) to the slug tar, which is put at /."""
+    with tarfile.open(slug, mode="a") as tar:
         data = (HERE / "lib" / "launch.sh").read_bytes()
-        _tar_add_bytes(tar, Path(LAUNCH).name, data, 0o755, 0)
-    return out.getvalue()
+        _tar_add_bytes(tar, LAUNCH.lstrip("/"), data, 0o755, 0)
 
 
 def _read_small_tar(chunks: Iterator[bytes]) -> dict[str, str]:
@@ -513,6 +513,7 @@ class BuildpackBuilder:
         labels = {"berth.app": app, "berth.commit": commit, "berth.build": build_id}
         client = self._client(self.limits.timeout)
         containers: list[str] = []
+        removing: threading.Thread | None = None
         try:
             self._remove_stale(client, app)
             stack_images = self._stack(client, emit)
@@ -525,34 +526,45 @@ class BuildpackBuilder:
                 if ignore is not None:
                     removed = apply_slugignore(src, ignore.decode(errors="replace"))
                     emit(f"       .slugignore: {len(removed)} paths left out")
-                _source_tar(src, scratch / "source.tar")
+                build_input_tar(src, scratch / "input.tar", config, ca)
                 shutil.rmtree(src)
                 cache = self._prepare_cache(app)
                 build_container = self._create_build_container(
                     client, stack_images.build.name, cache, chosen, commit, labels, ca is not None
                 )
                 containers.append(build_container)
-                with (scratch / "source.tar").open("rb") as source:
-                    client.api.put_archive(build_container, BUILD_DIR, source)
-                client.api.put_archive(build_container, "/", buildpacks_tar())
-                client.api.put_archive(build_container, TMP, _env_tar(config, ca))
+                with (scratch / "input.tar").open("rb") as given:
+                    client.api.put_archive(build_container, "/", given)
                 self._run(client, build_container, emit)
-                out = _read_small_tar(client.api.get_archive(build_container, OUT_DIR)[0])
+                slug = scratch / "slug.tar"
+                # the buildpacks' outputs and the slug, read at the same time
+                with ThreadPoolExecutor(1, thread_name_prefix="build-out") as pool:
+                    outputs = pool.submit(
+                        lambda: _read_small_tar(client.api.get_archive(build_container, OUT_DIR)[0])
+                    )
+                    with slug.open("wb") as f:
+                        for chunk in client.api.get_archive(build_container, BUILD_DIR)[0]:
+                            f.write(chunk)
+                    out = outputs.result()
+                # the build container goes while the image is made (joined in `finally`)
+                containers.remove(build_container)
+                removing = threading.Thread(
+                    target=_remove_containers,
+                    args=(client, [build_container]),
+                    name="build-remove",
+                )
+                removing.start()
                 release = parse_release(out.get("release.yml", ""))
                 used = out.get("buildpacks", "").split()
                 types = merge_process_types(procfile, release.default_process_types)
-                slug = scratch / "slug.tar"
-                with slug.open("wb") as f:
-                    for chunk in client.api.get_archive(build_container, BUILD_DIR)[0]:
-                        f.write(chunk)
                 emit(f"-----> Compiled slug size is {slug.stat().st_size / 1e6:.1f} MB")
+                add_launcher(slug)
                 run_id = self._create_run_container(
                     client, stack_images.run.name, types.get("web"), release, labels
                 )
                 containers.append(run_id)
                 with slug.open("rb") as f:
                     client.api.put_archive(run_id, "/", f)
-                client.api.put_archive(run_id, str(Path(LAUNCH).parent), _launcher_tar())
                 repository, _, image_tag_ = tag.rpartition(":")
                 committed = client.api.commit(run_id, repository=repository, tag=image_tag_)
                 image_id = str(committed["Id"])
@@ -561,9 +573,9 @@ class BuildpackBuilder:
         except docker.errors.APIError as exc:
             raise BuildError(f"the Docker engine refused a build step: {exc.explanation}") from None
         finally:
-            for container in containers:
-                with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
-                    client.api.remove_container(container, force=True, v=True)
+            _remove_containers(client, containers)
+            if removing is not None:
+                removing.join()
             client.close()
         emit(f"       Buildpacks: {', '.join(used)}")
         emit(f"       Process types: {', '.join(f'{k}' for k in sorted(types))}")
@@ -735,6 +747,12 @@ class BuildpackBuilder:
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _remove_containers(client: docker.DockerClient, containers: list[str]) -> None:
+    for container in containers:
+        with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
+            client.api.remove_container(container, force=True, v=True)
 
 
 def cache_dir(data_dir: Path, app: str) -> Path:

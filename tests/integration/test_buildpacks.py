@@ -10,6 +10,7 @@ intercepted too."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -138,7 +139,7 @@ def test_python_app_builds_as_app_and_its_second_push_uses_the_cache(
         assert f"remote: {line}" in pushed.stderr or line in pushed.stderr, line
     expected = (
         f"python: gunicorn 23.0.0, built as uid 10000 at {commit[:12]} with flavour chocolate,"
-        " hello from .profile.d, slugignore ok, dyno web.1"
+        " hello from .profile.d, slugignore ok, dyno web.1, pip left out"
     )
     berth.serves(app, expected)
     release = berth.newest_release(app)
@@ -148,6 +149,7 @@ def test_python_app_builds_as_app_and_its_second_push_uses_the_cache(
     cache = berth.data / "cache" / app
     assert cache.stat().st_uid == 10000
     assert (cache / "python" / "venv" / "bin" / "gunicorn").exists()
+    assert (cache / "python" / "venv" / "bin" / "pip").exists()  # the build's pip stays cached
 
     second = repo.commit({"NOTES.txt": "the second push changes no requirement\n"})
     pushed = repo.push()
@@ -196,6 +198,24 @@ def test_each_kind_of_app_serves_its_own_body(
     assert berth.newest_release(app)["process_types"] == {"web": web}
     if sample == "nodejs":
         assert "Installing dependencies with npm install (no lockfile)" in pushed.stderr
+        # package.json unchanged: node_modules (with ms) comes from the cache, npm is not run
+        repo.commit({"NOTES.txt": "no dependency changed\n"})
+        pushed = repo.push()
+        assert pushed.returncode == 0, pushed.stderr
+        assert "remote: -----> Dependencies installed already (package.json and the lockfile" in (
+            pushed.stderr
+        )
+        assert "Installing dependencies" not in pushed.stderr
+        berth.serves(app, body)
+        # package.json changed: npm runs again
+        package = json.loads((repo.path / "package.json").read_text())
+        repo.commit({"package.json": json.dumps({**package, "description": "changed"})})
+        pushed = repo.push()
+        assert pushed.returncode == 0, pushed.stderr
+        assert "Installing dependencies with npm install (no lockfile)" in pushed.stderr
+        berth.serves(app, body)
+    if sample == "go":  # symbols and DWARF left out unless GO_BUILD_FLAGS says otherwise
+        assert "Running go build -mod=mod -trimpath -ldflags=-s -w -o bin/ ./..." in pushed.stderr
     if sample == "static":  # static.json: clean URLs and headers
         about = berth.serves(app, "static: about", "/about")
         assert about.headers["X-Berth-Static"] == "yes"
@@ -215,6 +235,14 @@ def test_buildpacks_file_and_buildpack_url_choose_the_buildpacks(
     assert "remote: -----> Procfile app (buildpack procfile, as configured)" in pushed.stderr
     assert "remote:        Buildpacks: python, procfile" in pushed.stderr
     berth.serves(app, "multi: running in /app/.venv, no MULTI")  # python's virtualenv
+
+    # pushed again: the virtualenv comes from the cache (without pip: no pip run, no
+    # post_compile) and still runs the app
+    repo.commit({"NOTES.txt": "nothing to install either\n"})
+    pushed = repo.push()
+    assert pushed.returncode == 0, pushed.stderr
+    assert "remote: -----> Requirements installed already" in pushed.stderr
+    berth.serves(app, "multi: running in /app/.venv, no MULTI")
 
     # BUILDPACK_URL wins over .buildpacks; a buildpack Berth would have to fetch is refused
     berth.set_config(app, BUILDPACK_URL="https://example.com/custom-buildpack.git")
