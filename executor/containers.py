@@ -453,6 +453,16 @@ class Containers:
             return False
         return bool(state.get("Running"))
 
+    def address(self, container_id: str) -> str | None:
+        """The container's IP address on Docker's default bridge (reachable from this host),
+        or None: another network mode, or the container is gone."""
+        try:
+            settings = self._inspect(container_id).get("NetworkSettings") or {}
+        except ContainerNotFound:
+            return None
+        address = settings.get("IPAddress")
+        return str(address) if address else None
+
     def _inspect(self, container_id: str) -> dict[str, Any]:
         with _docker_errors(container_id):
             found = self._engine.call("GET", f"/containers/{quote(container_id, safe='')}/json")

@@ -1,11 +1,14 @@
 """Health checks the executor runs itself: Mesos honours `TaskInfo.health_check` only in its
 built-in executors, so a custom executor probes its task and reports `healthy` on RUNNING.
 
-A `Probe` checks once: `tcp` connects to the host port, `http` sends `GET path` there and wants
-a 2xx or 3xx answer, `none` always passes. Docker publishes ports through `docker-proxy`, which
-accepts a connection on the host port even when nothing listens in the container and then
-closes it at once; so a TCP connection counts only if it stays open (or the server speaks)
-for `settle` seconds. A server that accepts and closes straight away reads as unhealthy.
+A `Probe` checks once: `tcp` connects to the task's port, `http` sends `GET path` there and
+wants a 2xx or 3xx answer, `none` always passes. The executor probes the container's own
+address on Docker's bridge when it has one (`direct`: a refused connection means nothing
+listens yet, an accepted one that something does), else the host port. Docker publishes
+ports through `docker-proxy`, which accepts a connection on the host port even when nothing
+listens in the container and then closes it at once; so there a TCP connection counts only if
+it stays open (or the server speaks) for `settle` seconds, and a server that accepts and
+closes straight away reads as unhealthy.
 
 A `HealthWatch` runs in a thread of its own (the executor starts one per task): it probes until
 the first pass, then every `interval`, and calls `on_change(healthy, detail)` on each
@@ -43,7 +46,7 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """One check of a task's port on this host."""
+    """One check of a task's port on this host (or of the container's own address)."""
 
     kind: str  # one of KINDS
     port: int
@@ -51,6 +54,7 @@ class Probe:
     host: str = "127.0.0.1"
     timeout: float = 2.0
     settle: float = 0.2  # a TCP connection must stay open this long (docker-proxy, above)
+    direct: bool = False  # host:port is the process itself (no docker-proxy): no settling
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -75,6 +79,8 @@ class Probe:
         address = f"{self.host}:{self.port}"
         try:
             with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
+                if self.direct:
+                    return Outcome(True, f"tcp {address} accepts connections")
                 sock.settimeout(self.settle)
                 try:
                     if sock.recv(1) == b"":
@@ -104,13 +110,17 @@ class Probe:
         return Outcome(False, f"GET {url}: {status}")
 
 
-FIRST_RETRY = 0.05  # seconds after a first failed startup probe; doubling to startup_interval
+# Until the first pass, probes come every FAST_RETRY seconds for the first FAST_PHASE seconds
+# (a process that starts quickly takes traffic within 50 ms of listening; a TCP connect or one
+# small request 20 times a second costs the task nothing), then every startup_interval.
+FAST_RETRY = 0.05
+FAST_PHASE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     """How often to probe and when to change one's mind. Until the first pass the probe is
-    retried after 50 ms, doubling up to every `startup_interval`, for at most `startup`
+    retried every 50 ms for 5 s, then every `startup_interval`, for at most `startup`
     seconds."""
 
     interval: float = 10.0
@@ -172,7 +182,8 @@ class HealthWatch:
 
     def _wait_first_pass(self) -> bool:
         attempts = 0
-        deadline = self._clock() + self._policy.startup
+        started = self._clock()
+        deadline = started + self._policy.startup
         while not self._stop.is_set():
             outcome = self._probe.check()
             attempts += 1
@@ -194,8 +205,8 @@ class HealthWatch:
                         f" (last: {outcome.detail})"
                     )
                 return False
-            if attempts == 1 or attempts % 20 == 0:
+            if attempts == 1 or attempts % 100 == 0:
                 log.info("waiting for the task to become healthy: %s", outcome.detail)
-            # a process that starts quickly is seen at once: 50 ms, doubling to the interval
-            self._stop.wait(min(self._policy.startup_interval, FIRST_RETRY * 2 ** (attempts - 1)))
+            fast = self._clock() - started < FAST_PHASE
+            self._stop.wait(min(self._policy.startup_interval, FAST_RETRY if fast else 1e9))
         return False

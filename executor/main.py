@@ -600,6 +600,22 @@ class BerthExecutor(Executor):
             task.done.set()
             self.finished.set()
 
+    def _probe_for(self, task: _Task, container_id: str) -> Probe:
+        """The plan's probe aimed at the container's own address when it has one on Docker's
+        bridge (no docker-proxy in between: an answer is the process's), else at the host port."""
+        probe = task.plan.probe
+        spec = task.plan.spec
+        port = spec.container_port or spec.port
+        if probe.kind == "none" or port is None:
+            return probe
+        try:
+            address = self._containers.address(container_id)
+        except ContainerError:
+            address = None
+        if address is None:
+            return probe
+        return replace(probe, host=address, port=port, direct=True)
+
     def _supervise(self, driver: ExecutorDriver, task: _Task) -> None:
         with task.lock:
             killed = task.kill_grace is not None
@@ -628,7 +644,7 @@ class BerthExecutor(Executor):
         health = self._spawn(
             "health",
             HealthWatch(
-                task.plan.probe,
+                self._probe_for(task, container_id),
                 replace(self._settings.health_policy, startup=task.plan.payload.health.startup),
                 lambda healthy, detail: self._health_changed(driver, task, healthy, detail),
                 task.stop_health,

@@ -98,3 +98,30 @@ def test_a_watch_that_passes_reports_healthy_and_never_gives_up() -> None:
         ).run()
     assert changes == [True]
     assert never == []
+
+
+def test_a_direct_tcp_probe_needs_a_listener_and_no_settling() -> None:
+    """Aimed at a container's own address there is no docker-proxy: an accepted connection
+    is a listener, even one that closes it at once (through the host port, where docker-proxy
+    does exactly that when nothing listens, the same server reads as unhealthy)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = int(listener.getsockname()[1])
+
+        def accept_and_close(times: int) -> None:
+            for _ in range(times):
+                conn, _ = listener.accept()
+                conn.close()
+
+        closer = threading.Thread(target=accept_and_close, args=(2,))
+        closer.start()
+        direct = Probe(kind="tcp", port=port, direct=True).check()
+        proxied = Probe(kind="tcp", port=port).check()
+        closer.join(5)
+    assert direct.ok, direct.detail
+    assert not proxied.ok
+    assert "closed the connection at once" in proxied.detail
+    failed = Probe(kind="tcp", port=_closed_port(), direct=True).check()
+    assert not failed.ok
+    assert "refused" in failed.detail.lower()
