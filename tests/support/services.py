@@ -303,7 +303,8 @@ class BerthRouter:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"berth router exited; see {self.log_path}")
             with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                for port in (self.port, self.https_port) if self.https_port else (self.port,):
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the router did not listen on {self.port}")
