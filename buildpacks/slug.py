@@ -24,10 +24,11 @@ to it, and it is put into a created — never started — container of `berth/st
 with `lib/launch.sh` as its ENTRYPOINT (sources .profile.d, then runs the process's command)
 and web's command as CMD, and `docker commit` makes `berth/app-<app>:<commit12>` (no
 registry, no pull). Both containers and the scratch dir are removed whatever happens (the
-build container while the image is made).
+build container while the image is made; after a success the run container while the push
+goes on to release).
 
 Runs in the calling thread (a push's build thread in `berth api`), plus one timer thread per
-build and, briefly, a thread reading the outputs and one removing the build container.
+build and, briefly, a thread reading the outputs and ones removing the containers.
 Imports berth.framework and this package only; never berth.api, cli, executor or router, nor
 flask or kazoo.
 """
@@ -514,6 +515,7 @@ class BuildpackBuilder:
         client = self._client(self.limits.timeout)
         containers: list[str] = []
         removing: threading.Thread | None = None
+        built = False
         try:
             self._remove_stale(client, app)
             stack_images = self._stack(client, emit)
@@ -568,15 +570,19 @@ class BuildpackBuilder:
                 repository, _, image_tag_ = tag.rpartition(":")
                 committed = client.api.commit(run_id, repository=repository, tag=image_tag_)
                 image_id = str(committed["Id"])
+                built = True
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise BuildError(f"lost the Docker engine during the build: {exc}") from None
         except docker.errors.APIError as exc:
             raise BuildError(f"the Docker engine refused a build step: {exc.explanation}") from None
         finally:
-            _remove_containers(client, containers)
-            if removing is not None:
-                removing.join()
-            client.close()
+            cleanup = threading.Thread(
+                target=_clean_up, args=(client, containers, removing), name="build-cleanup"
+            )
+            if built:  # the push goes on to release while the containers go (not a daemon:
+                cleanup.start()  # an exiting API waits for it)
+            else:  # a failed build has left nothing behind when the push hears of it
+                cleanup.run()
         emit(f"       Buildpacks: {', '.join(used)}")
         emit(f"       Process types: {', '.join(f'{k}' for k in sorted(types))}")
         emit(f"-----> Built {tag} in {time.monotonic() - started:.1f}s")
@@ -753,6 +759,17 @@ def _remove_containers(client: docker.DockerClient, containers: list[str]) -> No
     for container in containers:
         with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
             client.api.remove_container(container, force=True, v=True)
+
+
+def _clean_up(
+    client: docker.DockerClient, containers: list[str], removing: threading.Thread | None
+) -> None:
+    """A build's containers removed (waiting for the one already being removed), then its
+    Docker client closed."""
+    _remove_containers(client, containers)
+    if removing is not None:
+        removing.join()
+    client.close()
 
 
 def cache_dir(data_dir: Path, app: str) -> Path:
