@@ -154,6 +154,10 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     memory_bytes: int = 512 * 1024 * 1024
     cpus: float = 1.0
+    # cpus is a weight (CpuShares, cpus x 1024: a task may use idle CPU, and gets its share
+    # when CPUs are contended), as in Mesos' default; with cpu_quota also a hard cap (NanoCpus,
+    # CFS quota: Mesos' --cgroups_enable_cfs)
+    cpu_quota: bool = False
     pids_limit: int = DEFAULT_PIDS_LIMIT
     user: str | None = None
     # One-off runs (attached): a TTY, and stdin open for one attach (closed when it ends).
@@ -263,7 +267,8 @@ class Containers:
             "PidsLimit": spec.pids_limit,
             "Memory": spec.memory_bytes,
             "MemorySwap": spec.memory_bytes,
-            "NanoCpus": round(spec.cpus * 1e9),
+            "CpuShares": max(2, round(spec.cpus * 1024)),
+            "NanoCpus": round(spec.cpus * 1e9) if spec.cpu_quota else 0,
             "RestartPolicy": {"Name": "no"},
             "LogConfig": {
                 "Type": "json-file",

@@ -45,7 +45,10 @@ Settings (on top of the agent's MESOS_* variables), read once at start:
 BERTH_EXECUTOR_HEALTH_INTERVAL (seconds between checks once healthy, default 10),
 BERTH_EXECUTOR_HEALTH_FAILURES (failures in a row that make a task unhealthy, default 3),
 BERTH_EXECUTOR_HEALTH_TIMEOUT (seconds per check, default 2), BERTH_EXECUTOR_LOG_MAX_BYTES
-(size at which a sandbox output file is copied to `<name>.1` and emptied, default 10 MiB).
+(size at which a sandbox output file is copied to `<name>.1` and emptied, default 10 MiB),
+BERTH_EXECUTOR_CPU_QUOTA (1: a task's cpus is also a hard cap, Docker's --cpus, as a Mesos
+agent's --cgroups_enable_cfs; default 0: cpus is a weight, Docker's --cpu-shares, and a task
+may use idle CPU — starting a process under a quota of a quarter CPU takes four times as long).
 
 Must not import flask, kazoo, berth.api or berth.cli (import-linter contract
 "executor-runs-on-agents"); only driver.py speaks addict, so the Dicts it hands over are read
@@ -121,6 +124,7 @@ class ExecutorSettings:
     health_failures: int = 3
     health_timeout: float = 2.0
     log_max_bytes: int = 10 * MIB
+    cpu_quota: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ExecutorSettings:
@@ -139,6 +143,16 @@ class ExecutorSettings:
                 raise ValueError(f"{name}={text!r} must be at least {minimum:g}")
             return value
 
+        def flag(name: str, default: bool) -> bool:
+            text = env.get(name, "").strip().lower()
+            if not text:
+                return default
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{name}={text!r} is not 1 or 0")
+
         return cls(
             health_interval=number(
                 "BERTH_EXECUTOR_HEALTH_INTERVAL", defaults.health_interval, 0.05
@@ -148,6 +162,7 @@ class ExecutorSettings:
             ),
             health_timeout=number("BERTH_EXECUTOR_HEALTH_TIMEOUT", defaults.health_timeout, 0.05),
             log_max_bytes=int(number("BERTH_EXECUTOR_LOG_MAX_BYTES", defaults.log_max_bytes, 1024)),
+            cpu_quota=flag("BERTH_EXECUTOR_CPU_QUOTA", defaults.cpu_quota),
         )
 
     @property
@@ -287,6 +302,7 @@ def plan_task(
         labels=labels,
         memory_bytes=payload.memory_mb * MIB,
         cpus=float(payload.cpus),
+        cpu_quota=settings.cpu_quota,
         pids_limit=payload.pids_limit,
     )
     try:

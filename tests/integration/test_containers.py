@@ -105,6 +105,16 @@ def test_serves_http_on_the_offered_port(containers: Containers, test_image: str
     assert containers.is_running(container_id)
 
 
+def test_a_cpu_quota_caps_the_container_when_asked(
+    containers: Containers, docker_client: docker.DockerClient, test_image: str
+) -> None:
+    container_id = containers.run(spec(test_image, "true", cpu_quota=True))
+    containers.wait(container_id)
+    host = inspect(docker_client, container_id)["HostConfig"]
+    assert host["NanoCpus"] == 500_000_000
+    assert host["CpuShares"] == 512
+
+
 def test_container_is_hardened(
     containers: Containers, docker_client: docker.DockerClient, test_image: str
 ) -> None:
@@ -134,7 +144,8 @@ def test_container_is_hardened(
     assert host["SecurityOpt"] == ["no-new-privileges"]
     assert host["PidsLimit"] == 256
     assert host["Memory"] == host["MemorySwap"] == 64 * 1024 * 1024
-    assert host["NanoCpus"] == 500_000_000
+    assert host["CpuShares"] == 512  # cpus 0.5 is a weight: idle CPU may be used
+    assert not host["NanoCpus"]
     assert host["Privileged"] is False
     assert host["RestartPolicy"]["Name"] == "no"
     assert not host["Binds"]

@@ -249,7 +249,8 @@ def test_web_task_is_starting_then_running_healthy_with_its_port_and_container(
     }
     host = container.attrs["HostConfig"]
     assert host["Memory"] == 64 * 1024 * 1024
-    assert host["NanoCpus"] == 500_000_000
+    assert host["CpuShares"] == 512  # a weight by default (BERTH_EXECUTOR_CPU_QUOTA=0)
+    assert not host["NanoCpus"]
     assert "GREETING=hi" in container.attrs["Config"]["Env"]
 
 

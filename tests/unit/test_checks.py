@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from berth.executor.health import HealthWatch, Policy, Probe
+from berth.executor.main import ExecutorSettings
 from berth.framework import checks
 from berth.framework.errors import Invalid
 
@@ -125,3 +126,11 @@ def test_a_direct_tcp_probe_needs_a_listener_and_no_settling() -> None:
     failed = Probe(kind="tcp", port=_closed_port(), direct=True).check()
     assert not failed.ok
     assert "refused" in failed.detail.lower()
+
+
+def test_executor_settings_read_the_cpu_quota_flag() -> None:
+    assert ExecutorSettings.from_env({}).cpu_quota is False
+    assert ExecutorSettings.from_env({"BERTH_EXECUTOR_CPU_QUOTA": "1"}).cpu_quota is True
+    assert ExecutorSettings.from_env({"BERTH_EXECUTOR_CPU_QUOTA": "off"}).cpu_quota is False
+    with pytest.raises(ValueError, match="BERTH_EXECUTOR_CPU_QUOTA='maybe' is not 1 or 0"):
+        ExecutorSettings.from_env({"BERTH_EXECUTOR_CPU_QUOTA": "maybe"})
