@@ -216,6 +216,19 @@ def test_each_kind_of_app_serves_its_own_body(
         berth.serves(app, body)
     if sample == "go":  # symbols and DWARF left out unless GO_BUILD_FLAGS says otherwise
         assert "Running go build -mod=mod -trimpath -ldflags=-s -w -o bin/ ./..." in pushed.stderr
+        # no Go source changed: go build finds the cached program up to date and links nothing
+        repo.commit({"NOTES.txt": "no Go source changed\n"})
+        pushed = repo.push()
+        assert pushed.returncode == 0, pushed.stderr
+        assert "remote:        Up to date, not linked again: hello" in pushed.stderr
+        berth.serves(app, body)
+        # a changed program is linked again
+        main = (repo.path / "main.go").read_text()
+        repo.commit({"main.go": main.replace("hello from", "hello again from")})
+        pushed = repo.push()
+        assert pushed.returncode == 0, pushed.stderr
+        assert "not linked again" not in pushed.stderr
+        berth.serves(app, body.replace("hello from", "hello again from"))
     if sample == "static":  # static.json: clean URLs and headers
         about = berth.serves(app, "static: about", "/about")
         assert about.headers["X-Berth-Static"] == "yes"
