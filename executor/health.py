@@ -2,13 +2,13 @@
 built-in executors, so a custom executor probes its task and reports `healthy` on RUNNING.
 
 A `Probe` checks once: `tcp` connects to the task's port, `http` sends `GET path` there and
-wants a 2xx or 3xx answer, `none` always passes. The executor probes the container's own
-address on Docker's bridge when it has one (`direct`: a refused connection means nothing
-listens yet, an accepted one that something does), else the host port. Docker publishes
-ports through `docker-proxy`, which accepts a connection on the host port even when nothing
-listens in the container and then closes it at once; so there a TCP connection counts only if
-it stays open (or the server speaks) for `settle` seconds, and a server that accepts and
-closes straight away reads as unhealthy.
+wants a 2xx or 3xx answer, `none` always passes. The executor aims a `tcp` probe at the
+container's own address on Docker's bridge when it has one (`direct`: a refused connection
+means nothing listens yet, an accepted one that something does), else at the host port.
+Docker publishes ports through `docker-proxy`, which accepts a connection on the host port even
+when nothing listens in the container and then closes it at once; so there a TCP connection
+counts only if it stays open (or the server speaks) for `settle` seconds, and a server that
+accepts and closes straight away reads as unhealthy.
 
 A `HealthWatch` runs in a thread of its own (the executor starts one per task): it probes until
 the first pass, then every `interval`, and calls `on_change(healthy, detail)` on each

@@ -617,12 +617,14 @@ class BerthExecutor(Executor):
             self.finished.set()
 
     def _probe_for(self, task: _Task, container_id: str) -> Probe:
-        """The plan's probe aimed at the container's own address when it has one on Docker's
-        bridge (no docker-proxy in between: an answer is the process's), else at the host port."""
+        """A TCP probe aimed at the container's own address when it has one on Docker's bridge
+        (no docker-proxy in between: an accepted connection is the process's), else the
+        plan's probe. An HTTP probe stays on the host port: an answer is the process's anyway,
+        and its Host header stays 127.0.0.1 (apps that check Host allow that one)."""
         probe = task.plan.probe
         spec = task.plan.spec
         port = spec.container_port or spec.port
-        if probe.kind == "none" or port is None:
+        if probe.kind != "tcp" or port is None:
             return probe
         try:
             address = self._containers.address(container_id)
