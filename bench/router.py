@@ -10,7 +10,10 @@ way (round robin, keep-alive to the backends, X-Forwarded-For set).
 
 1. wrk through each proxy, interleaved rounds (who goes first alternates), medians:
    keep-alive small responses, `Connection: close`, 64 KiB bodies. Goal: ≥ 0.95 times nginx's req/s,
-   p99 ≤ 1.2 times nginx's.
+   p99 ≤ 1.2 times nginx's. A third side for reference: the same HAProxy binary alone with the
+   least config that proxies (no rules, no checks, no access lines, connections to the
+   backends reused), to tell what HAProxy itself does on this machine from what Berth's
+   config adds to it.
 2. The same keep-alive test with 10,000 routes (apps `r-00001`…, one server each, on both
    proxies), requesting one host among them.
 3. Route churn during load: while wrk runs against `app.bench.test`, a task on b3 is added and
@@ -97,6 +100,43 @@ class Nginx:
         )
         assert self._proc is not None
         self._proc.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+class PlainHAProxy:
+    """Debian's HAProxy alone, with the least config that proxies `hosts` to the backends:
+    what the data plane costs before Berth's rules, checks and access lines."""
+
+    def __init__(self, root: Path, port: int, backends: list[int]) -> None:
+        self.root = root / "haproxy-alone"
+        self.root.mkdir()
+        self.port = port
+        servers = "\n".join(f"    server b{p} 127.0.0.1:{p}" for p in backends)
+        self.conf = self.root / "haproxy.cfg"
+        self.conf.write_text(
+            "global\n    maxconn 4096\n"
+            "defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n"
+            "    timeout server 30s\n    http-reuse always\n"
+            f"frontend f\n    bind 127.0.0.1:{port}\n    default_backend b\n"
+            f"backend b\n    balance roundrobin\n{servers}\n"
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            ["haproxy", "-f", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.root / "stderr.log").open("ab"),
+            start_new_session=True,
+        )
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -219,7 +259,8 @@ def compare(
     seconds: float,
     connections: int,
 ) -> Table:
-    """Interleaved wrk rounds per scenario; medians, and Berth/nginx ratios."""
+    """Interleaved wrk rounds per scenario; medians, and Berth/nginx ratios (and HAProxy
+    alone's, when `sides` has "haproxy")."""
     rows = []
     for label, path, close in scenarios:
         results: dict[str, list[Wrk]] = {side: [] for side in sides}
@@ -252,6 +293,24 @@ def compare(
                 ", ".join(f"{w.rps:,.0f}" for w in results["nginx"]),
             ]
         )
+        if "haproxy" in med:
+            h_rps, h_p99, h_err = med["haproxy"]
+            rows[-1] += [
+                f"{h_rps:,.0f} ({h_rps / n_rps:.2f}x)",
+                f"{h_p99:.2f} ({h_p99 / n_p99:.2f}x)",
+                f"{b_rps / h_rps:.2f}x",
+                str(h_err),
+            ]
+    alone = (
+        [
+            "HAProxy alone req/s (/nginx)",
+            "HAProxy alone p99 ms (/nginx)",
+            "Berth/HAProxy alone req/s",
+            "errors HAProxy alone",
+        ]
+        if "haproxy" in sides
+        else []
+    )
     return Table(
         [
             "test",
@@ -264,6 +323,7 @@ def compare(
             "errors Berth / nginx",
             "Berth rounds req/s",
             "nginx rounds req/s",
+            *alone,
         ],
         rows,
     )
@@ -386,6 +446,7 @@ def main() -> None:
         zookeeper = ZooKeeper(tmp / "zookeeper")
         ports = {"b1": free_port(), "b2": free_port(), "b3": free_port()}
         backends, peer = Nginx(tmp, "backends"), Nginx(tmp, "peer")
+        alone = PlainHAProxy(tmp, free_port(), [ports["b1"], ports["b2"]])
         chroot = f"/bench-{uuid.uuid4().hex[:8]}"
         router: BerthRouter | None = None
         store: Store | None = None
@@ -430,6 +491,7 @@ def main() -> None:
             peer_port = free_port()
             peer.write(proxy_block(peer_port, {f"{APP}.{DOMAIN}": [ports["b1"], ports["b2"]]}))
             peer.start()
+            alone.start()
             (tmp / "data").mkdir(mode=0o700, exist_ok=True)
             store = Store(zookeeper.hosts, chroot, Sealer(load_or_create_key(tmp / "data")))
             store.start()
@@ -440,6 +502,7 @@ def main() -> None:
             host = f"{APP}.{DOMAIN}"
             wait_until(lambda: http_get(router.port, host)[0] == 200, 60, "router serving")
             wait_until(lambda: http_get(peer_port, host)[0] == 200, 30, "nginx serving")
+            wait_until(lambda: http_get(alone.port, host)[0] == 200, 30, "HAProxy alone serving")
 
             print_machine(tmp)
             print(
@@ -452,7 +515,11 @@ def main() -> None:
                 + subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
                 + "\n"
             )
-            sides = {"berth": (router.port, host), "nginx": (peer_port, host)}
+            sides = {
+                "berth": (router.port, host),
+                "nginx": (peer_port, host),
+                "haproxy": (alone.port, host),
+            }
             scenarios = [
                 ("keep-alive, small", "/", False),
                 ("Connection: close, small", "/", True),
@@ -520,6 +587,7 @@ def main() -> None:
                 with suppress(subprocess.TimeoutExpired):
                     logd.wait(10)
             peer.stop()
+            alone.stop()
             backends.stop()
             zookeeper.stop()
 
