@@ -112,8 +112,8 @@ class Nginx:
 
 
 class PlainHAProxy:
-    """Debian's HAProxy alone, with the least config that proxies `hosts` to the backends:
-    what the data plane costs before Berth's rules, checks and access lines."""
+    """Debian's HAProxy alone, with the least config that proxies every request to the
+    backends: what the data plane costs before Berth's rules, checks and access lines."""
 
     def __init__(self, root: Path, port: int, backends: list[int]) -> None:
         self.root = root / "haproxy-alone"

@@ -328,9 +328,9 @@ def render(table: Table, config: RouterConfig) -> str:
         # session's. `aggressive` (only connections that carried two requests) was not
         # enough: under `Connection: close` load most requests still opened a new connection
         # to the app (a connect per request, 0.58x nginx's req/s; with `always` 0.92x,
-        # measured). The one risk, an app closing an idle connection just as a request is
-        # sent on it, is the same as for any keep-alive reuse: a safe request is retried
-        # (retry-on below), another gets a 502
+        # measured). The risk HAProxy's manual names, an app closing an idle connection just
+        # as a request is sent on it, is the race every reuse of an idle connection has
+        # (`aggressive` too): a safe request is retried (retry-on below), another gets a 502
         "    http-reuse always",
         # a reload must not close a client's idle keep-alive connection under its next request
         "    option idle-close-on-response",
