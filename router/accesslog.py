@@ -1,18 +1,20 @@
 """Access lines from HAProxy into each app's log stream (source `router`).
 
 HAProxy logs one line per HTTP request and per TCP connection (formats in haproxy.py's
-`render`) as datagrams to a unix socket in the run directory, `access.sock`, which this module
-binds. A thread of its own ("access-log") reads them and a `Forwarder` posts them, as HAProxy
-wrote them, in batches to `berth logd` (`/v1/ingest/access`, the platform token), which turns
-each into a record of its app (framework/accesslines.py). The router does no per-line work but
-reading: Python's CPU per request is what decides how close the router comes to nginx.
+`render`) into a ring in its memory; the ring's forwarder streams them, many per write, to a
+unix stream socket in the run directory, `access.sock`, which this module listens on (and
+connects again when the controller comes back). A thread of its own ("access-log") reads them
+and a `Forwarder` posts them, as HAProxy wrote them, in batches to `berth logd`
+(`/v1/ingest/access`, the platform token), which turns each into a record of its app
+(framework/accesslines.py). The router does no per-line work but reading: Python's CPU per
+request is what decides how close the router comes to nginx.
 
-HAProxy never waits on Python: datagrams it cannot send (the controller is restarting, the
-socket's buffer is full because the machine is saturated) are refused by the kernel, and
-HAProxy counts them (`show info`, DroppedLogs). This thread and the Forwarder's run at nice 10,
-so under saturation HAProxy keeps the CPU. Lost lines are counted, never silent: HAProxy's
-counter is read every 10 s, the Forwarder counts what its bounded buffer could not take or logd
-refused, and both are logged in the router's own log (which apps they were for is unknown).
+HAProxy never waits on Python: when the controller is away or reads too slowly, the lines
+wait in the ring (4 MiB), and once it is full new ones are dropped and HAProxy counts them
+(`show events`). This thread and the Forwarder's run at nice 10, so under saturation HAProxy
+keeps the CPU. Lost lines are counted, never silent: HAProxy's counter is read every 10 s, the
+Forwarder counts what its bounded buffer could not take or logd refused, and both are logged
+in the router's own log (which apps they were for is unknown).
 """
 
 from __future__ import annotations
@@ -20,21 +22,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
+import selectors
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from berth.framework import http1, logship
 
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "access.sock"
-MAX_DATAGRAM = 16384
-BATCH = 2000  # datagrams read in one go at most
+MAX_LINE = 16384  # HAProxy's `len` for access lines
+READ_BYTES = 1 << 20  # one recv takes this much at most
+MAX_READ = 8 << 20  # bytes read from one connection in one go at most (then the others' turn)
 GATHER = 0.02  # seconds lines may gather in the socket before a read
 CHECK_DROPS = 10.0  # seconds between reading HAProxy's dropped-lines counter
 NICE = 10  # the threads yield the CPU to HAProxy when both want it (see the module doc)
@@ -152,7 +156,9 @@ class Forwarder:
 
 
 class AccessLog:
-    """Binds `path` and forwards what HAProxy sends there until `stop`."""
+    """Listens on `path` and forwards the lines HAProxy's access ring sends there until
+    `stop`. HAProxy may hold several connections at once (after a reload the old worker's
+    ring keeps sending until it exits); each is read on its own, whole lines only."""
 
     def __init__(
         self, path: Path, forward: Forward, dropped: Callable[[], int] | None = None
@@ -165,20 +171,22 @@ class AccessLog:
         self._dropped_seen = 0
         self._checked_at = time.monotonic()
         self._stop = threading.Event()
-        self._sock: socket.socket | None = None
+        self._listener: socket.socket | None = None
+        self._selector = selectors.DefaultSelector()
+        self._partial: dict[socket.socket, bytes] = {}  # a line not yet ended, per connection
         self._thread: threading.Thread | None = None
         self.received = 0
 
     def start(self) -> AccessLog:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()  # a socket left by an earlier controller
-        sock.bind(str(self._path))
+        listener.bind(str(self._path))
         self._path.chmod(0o600)
-        sock.setblocking(False)  # waits are select()s of 0.5 s, so `stop` is seen
-        with contextlib.suppress(OSError):  # room for bursts, as far as the kernel allows
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        self._sock = sock
+        listener.listen(16)
+        listener.setblocking(False)  # waits are selects of 0.5 s, so `stop` is seen
+        self._selector.register(listener, selectors.EVENT_READ)
+        self._listener = listener
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
         self._thread.start()
         return self
@@ -187,31 +195,71 @@ class AccessLog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        if self._sock is not None:
-            self._sock.close()
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._selector.close()
 
     def _run(self) -> None:
-        assert self._sock is not None
         _nice()
         while not self._stop.is_set():
-            datagrams: list[bytes] = []
             try:
-                if not select.select([self._sock], [], [], 0.5)[0]:
-                    continue
-                # let lines gather: a wake-up per line would cost more than reading it
-                time.sleep(GATHER)
-                # whatever is waiting goes in one batch: one lock, one hand-over
-                with contextlib.suppress(BlockingIOError, InterruptedError):
-                    while len(datagrams) < BATCH:
-                        datagrams.append(self._sock.recv(MAX_DATAGRAM).rstrip(b"\n"))
+                ready = self._selector.select(0.5)
             except OSError as e:
                 log.warning("access log socket failed: %s", e)
                 return
-            if datagrams:
-                self.received += len(datagrams)
-                self._forward(datagrams)
+            if ready:
+                # let lines gather: a wake-up per line would cost more than reading it
+                time.sleep(GATHER)
+                lines: list[bytes] = []
+                for key, _ in ready:
+                    sock = cast(socket.socket, key.fileobj)
+                    if sock is self._listener:
+                        self._accept()
+                    else:
+                        self._read(sock, lines)
+                if lines:
+                    self.received += len(lines)
+                    self._forward(lines)
             if time.monotonic() - self._checked_at > CHECK_DROPS:
                 self._check_drops()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while True:
+                sock, _ = self._listener.accept()
+                sock.setblocking(False)
+                self._selector.register(sock, selectors.EVENT_READ)
+                self._partial[sock] = b""
+
+    def _read(self, sock: socket.socket, lines: list[bytes]) -> None:
+        """Whatever `sock` has now, as whole lines into `lines`; at its end, it is closed
+        (a line cut by it is dropped: HAProxy sends each line whole, or not at all)."""
+        data = self._partial[sock]
+        try:
+            while len(data) < MAX_READ:
+                chunk = sock.recv(READ_BYTES)
+                if not chunk:
+                    self._close(sock)
+                    break
+                data += chunk
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:
+            log.debug("an access ring connection failed: %s", e)
+            self._close(sock)
+        *whole, rest = data.split(b"\n")
+        lines.extend(line for line in whole if line)
+        if sock in self._partial:
+            if len(rest) > MAX_LINE:  # never ends: cut, not held forever
+                lines.append(rest[:MAX_LINE])
+                rest = b""
+            self._partial[sock] = rest
+
+    def _close(self, sock: socket.socket) -> None:
+        self._selector.unregister(sock)
+        self._partial.pop(sock, None)
+        sock.close()
 
     def _check_drops(self) -> None:
         self._checked_at = time.monotonic()

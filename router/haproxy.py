@@ -66,6 +66,8 @@ HOSTS_MAP = "hosts.map"
 WILDCARDS_MAP = "wildcards.map"
 NOT_FOUND_BACKEND = "berth_not_found"
 REQUEST_ID_MAX = 200
+ACCESS_RING = "berth_access"  # the ring access lines go through (see _access_ring)
+ACCESS_RING_BYTES = 4 << 20  # room for ~20,000 lines while the controller is away
 WEIGHT = 100  # every serving server's weight; draining ones have 0
 # HAProxy reads a request's headers into one buffer (tune.bufsize, 16 KiB by default) less
 # the room it keeps for rewrites (tune.maxrewrite, 1 KiB): headers beyond that are a 400
@@ -132,7 +134,7 @@ class RouterConfig:
     tcp_host: str | None = None  # TCP routes bind here; None: http_addr's host
     accept_proxy: bool = False  # every bind expects a PROXY protocol header (v1 or v2)
     timeout_tcp: int = 3600  # a TCP route's connection idle this long (both ways) is closed
-    access_log: bool = True  # HAProxy sends access lines to `access_socket`
+    access_log: bool = True  # HAProxy streams access lines to `access_socket`
     https_addr: str | None = None  # HTTPS (TLS by SNI, HTTP/2) on this address; None: none
 
     def __post_init__(self) -> None:
@@ -172,7 +174,8 @@ class RouterConfig:
 
     @property
     def access_socket(self) -> Path:
-        """Where HAProxy sends its access lines (router/accesslog.py reads them)."""
+        """Where HAProxy's access ring connects to send its lines (a stream socket the
+        controller listens on: router/accesslog.py)."""
         return self.run_dir / "access.sock"
 
     @property
@@ -310,8 +313,9 @@ def render(table: Table, config: RouterConfig) -> str:
         "    stats timeout 30s",
         f"    hard-stop-after {c.hard_stop_after}s",
         f"    maxconn {c.maxconn}",
-        # access lines: datagrams to the controller (accesslog.py); never blocks HAProxy
-        *([f"    log {c.access_socket} len 16384 format raw local0 info"] if c.access_log else []),
+        # access lines: into a ring, whose own forwarder streams them to the controller
+        *([f"    log ring@{ACCESS_RING} len 16384 format raw local0 info"] if c.access_log else []),
+        *_access_ring(c),
         "",
         "defaults",
         "    mode http",
@@ -376,6 +380,27 @@ def render(table: Table, config: RouterConfig) -> str:
             out.append(f"    server {_safe_token(server.name, 'server name')} {endpoint} {options}")
     out += _render_tcp(table, config)
     return "\n".join(out) + "\n"
+
+
+def _access_ring(config: RouterConfig) -> list[str]:
+    """The ring the access lines go through. A request's line is only written into HAProxy's
+    memory; the ring's forwarder sends many lines per write over one stream connection to the
+    controller (accesslog.py), and connects again when the controller comes back. A datagram
+    per request, as before, cost HAProxy ~11 µs of a ~60 µs request (measured). HAProxy never
+    waits: when the controller does not read and the ring is full, new lines are dropped and
+    counted (`show events`, read by `Runtime.dropped_logs`)."""
+    if not config.access_log:
+        return []
+    return [
+        "",
+        f"ring {ACCESS_RING}",
+        "    format raw",
+        "    maxlen 16384",
+        f"    size {ACCESS_RING_BYTES}",
+        "    timeout connect 5s",
+        "    timeout server 1h",
+        f"    server controller unix@{config.access_socket}",
+    ]
 
 
 def _request_rules(config: RouterConfig, proto: str) -> list[str]:
@@ -632,12 +657,20 @@ class Runtime:
         return answer.rstrip("\n")
 
     def dropped_logs(self) -> int:
-        """How many log lines HAProxy could not send since it started (`show info`)."""
+        """How many log lines HAProxy could not send since it started: those it could not
+        write anywhere (`show info`) and those the access ring had no room for (`show
+        events`)."""
+        dropped = 0
         for line in self.command("show info").splitlines():
             name, _, value = line.partition(":")
             if name.strip() == "DroppedLogs":
-                return int(value.strip() or 0)
-        return 0
+                dropped += int(value.strip() or 0)
+        for line in self.command("show events").splitlines():
+            name, _, rest = line.partition(":")
+            if name.strip() == ACCESS_RING:
+                match = re.search(r"\b(\d+) dropped\b", rest)
+                dropped += int(match.group(1)) if match else 0
+        return dropped
 
     def _expect(self, line: str, *answers: str) -> str:
         answer = self.command(line).strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,13 @@ def test_stamps_format_each_second_once_and_every_microsecond() -> None:
     assert stamps.format(0) == "1970-01-01T00:00:00.000000Z"
 
 
-def test_datagrams_reach_the_forward_function_as_they_are(tmp_path: Path) -> None:
+def test_streamed_lines_reach_the_forward_function_as_they_are(tmp_path: Path) -> None:
     got: list[bytes] = []
     arrived = threading.Event()
 
     def forward(lines: list[bytes]) -> None:
         got.extend(lines)
-        if len(got) >= 3:
+        if len(got) >= 4:
             arrived.set()
 
     path = tmp_path / "access.sock"
@@ -69,15 +70,23 @@ def test_datagrams_reach_the_forward_function_as_they_are(tmp_path: Path) -> Non
     access = AccessLog(path, forward, dropped=lambda: 0).start()
     try:
         assert path.stat().st_mode & 0o777 == 0o600
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-            sender.sendto(b"not an access line\n", str(path))
-            for _ in range(2):
-                sender.sendto(HTTP.encode() + b"\n", str(path))
-        assert arrived.wait(10)
+        line = HTTP.encode() + b"\n"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as old:
+            old.connect(str(path))
+            old.sendall(b"not an access line\n" + line[:40])  # a line in two writes
+            time.sleep(0.1)
+            old.sendall(line[40:])
+            # a second connection (a reloaded HAProxy's) while the first is open
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as new:
+                new.connect(str(path))
+                new.sendall(line * 2)
+                assert arrived.wait(10)
+            old.sendall(b"cut by the end of its connection")
+        time.sleep(0.2)
     finally:
         access.stop()
-    assert got == [b"not an access line", HTTP.encode(), HTTP.encode()]
-    assert access.received == 3
+    assert sorted(got) == sorted([b"not an access line", HTTP.encode(), *[HTTP.encode()] * 2])
+    assert access.received == 4
 
 
 class Collector:

@@ -208,6 +208,23 @@ def test_values_cannot_smuggle_words_into_a_command() -> None:
         runtime.drain("app_blog", "s1 state ready")
 
 
+def test_dropped_logs_add_haproxy_s_own_and_the_access_ring_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = {
+        "show info": "Name: HAProxy\nDroppedLogs: 3\nBusyPolling: 0",
+        "show events": (
+            "Supported events sinks are listed below. Add -w(wait), -n(new). Any key to stop\n"
+            "    stdout     : type=fd, 0 dropped, standard output (fd#1)\n"
+            "    buf0       : type=buffer, 7 dropped, in-memory ring buffer\n"
+            "    berth_access : type=buffer, 75149 dropped, berth_access"
+        ),
+    }
+    runtime = Runtime(Path("/nonexistent/admin.sock"))
+    monkeypatch.setattr(runtime, "command", answers.__getitem__)
+    assert runtime.dropped_logs() == 3 + 75149  # not another ring's
+
+
 def test_show_proc_is_parsed() -> None:
     text = (
         "#<PID>          <type>          <reloads>       <uptime>        <version>\n"
