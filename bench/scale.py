@@ -207,7 +207,9 @@ def scale_down(api: Api, app: str, docker: Any, timeout: float) -> float:
     """web=0; seconds until no live task and no container of the app is left."""
     start = time.perf_counter()
     api.must("PATCH", f"/v1/apps/{app}/formation", {"web": 0})
-    while api.live(app) or docker.containers.list(all=True, filters={"label": f"berth.app={app}"}):
+    while api.live(app) or docker.containers.list(
+        all=True, sparse=True, filters={"label": f"berth.app={app}"}
+    ):
         if time.perf_counter() - start > timeout:
             raise TimeoutError(f"{app} did not scale to 0 in {timeout:.0f} s")
         time.sleep(POLL)
