@@ -52,7 +52,7 @@ from bench._common import Table, print_machine
 from berth.framework.model import Task
 from berth.framework.sealing import Sealer, load_or_create_key
 from berth.framework.state import Store
-from tests.support.services import BerthRouter, ZooKeeper, free_port
+from tests.support.services import BerthRouter, ZooKeeper, free_port, terminate
 
 DOMAIN = "bench.test"
 APP = "app"
@@ -102,13 +102,7 @@ class Nginx:
         self._proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        terminate(self._proc)
 
 
 class PlainHAProxy:
@@ -139,13 +133,7 @@ class PlainHAProxy:
         )
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        terminate(self._proc)
 
 
 def backend_block(ports: dict[str, int], root: Path) -> str:
